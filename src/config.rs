@@ -1,0 +1,567 @@
+//! The TOML configuration: serde types that refuse unknown keys, secret references
+//! (`env:NAME`, `file:PATH`, literal) and a validation that reports every problem at
+//! once, each naming the file, the key and what is wrong.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: Server,
+    #[serde(default)]
+    pub storage: Storage,
+    #[serde(default)]
+    pub delivery: Delivery,
+    #[serde(default)]
+    pub log: Log,
+    #[serde(default)]
+    pub projects: Vec<Project>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    /// Platform-facing listener: `/callbacks`, `/terminal`.
+    pub listen: SocketAddr,
+    /// Operator listener: `/healthz`, `/readyz`, `/metrics`, `/admin/...`.
+    pub admin_listen: SocketAddr,
+    /// Bearer token for `/admin/...`; `None` disables the admin API routes.
+    pub admin_token: Option<SecretRef>,
+    pub max_body_bytes: usize,
+    pub max_json_depth: usize,
+    pub max_connections: usize,
+    #[serde(deserialize_with = "duration")]
+    pub header_read_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub body_read_timeout: Duration,
+    /// Signature checks on this many dedicated threads; 0 checks inline on the
+    /// reactor threads (measured faster on 2 cores, see BENCHMARKS.md).
+    pub verifier_threads: usize,
+    /// Also accept the other SDKs' canonical orders when the PHP one fails.
+    pub signature_fallback: bool,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".parse().expect("literal address"),
+            admin_listen: "127.0.0.1:9090".parse().expect("literal address"),
+            admin_token: None,
+            max_body_bytes: 64 * 1024,
+            max_json_depth: crate::signature::DEFAULT_MAX_DEPTH,
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(5),
+            body_read_timeout: Duration::from_secs(10),
+            verifier_threads: 0,
+            signature_fallback: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    Embedded,
+    Jetstream,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Storage {
+    pub engine: Engine,
+    pub dir: PathBuf,
+    #[serde(deserialize_with = "duration")]
+    pub dedup_window: Duration,
+    pub nats_url: Option<String>,
+    /// Most callbacks one group commit takes.
+    pub max_batch: usize,
+    /// Callbacks waiting for the journal beyond which ingress answers 503.
+    pub max_pending: usize,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Self {
+            engine: Engine::Embedded,
+            dir: PathBuf::from("./data"),
+            dedup_window: Duration::from_secs(7 * 24 * 3600),
+            nats_url: None,
+            max_batch: 512,
+            max_pending: 16_384,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Delivery {
+    /// Delay before each attempt; the first is usually `0s`.
+    #[serde(deserialize_with = "durations")]
+    pub schedule: Vec<Duration>,
+    /// After the schedule, retry this often...
+    #[serde(deserialize_with = "duration")]
+    pub repeat_every: Duration,
+    /// ...until this long after the event was accepted; then it is a dead letter.
+    #[serde(deserialize_with = "duration")]
+    pub give_up_after: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    pub max_in_flight: usize,
+    /// Consecutive failures that open an endpoint's circuit.
+    pub breaker_failures: u32,
+    #[serde(deserialize_with = "duration")]
+    pub breaker_cooldown: Duration,
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        let s = Duration::from_secs;
+        Self {
+            schedule: vec![s(0), s(5), s(30), s(120), s(600), s(1800), s(3600)],
+            repeat_every: s(7200),
+            give_up_after: s(3 * 24 * 3600),
+            connect_timeout: s(2),
+            timeout: s(10),
+            max_in_flight: 64,
+            breaker_failures: 5,
+            breaker_cooldown: s(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `cbgate=debug`; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Pretty,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Project {
+    pub id: u64,
+    pub secrets: Vec<SecretRef>,
+    /// Payment method of the project's terminal: sets the dialect of `verify`.
+    #[serde(default)]
+    pub method: Option<String>,
+    #[serde(default)]
+    pub terminal_url: Option<String>,
+    #[serde(default = "default_budget", deserialize_with = "duration")]
+    pub terminal_budget: Duration,
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+}
+
+fn default_budget() -> Duration {
+    Duration::from_secs(2)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    pub name: String,
+    pub url: String,
+    /// `whsec_...` key for Standard Webhooks signatures.
+    pub secret: SecretRef,
+    /// Filters; absent means every value passes.
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub operation_types: Option<Vec<String>>,
+    #[serde(default)]
+    pub statuses: Option<Vec<String>>,
+    #[serde(default)]
+    pub max_in_flight: Option<usize>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub timeout: Option<Duration>,
+}
+
+/// Where a secret comes from. Resolved at load; the value is never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    Env(String),
+    File(PathBuf),
+    Literal(String),
+}
+
+impl fmt::Debug for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretRef::Env(name) => write!(f, "env:{name}"),
+            SecretRef::File(path) => write!(f, "file:{}", path.display()),
+            SecretRef::Literal(_) => f.write_str("<literal>"),
+        }
+    }
+}
+
+impl SecretRef {
+    pub fn parse(spec: &str) -> Self {
+        if let Some(name) = spec.strip_prefix("env:") {
+            SecretRef::Env(name.to_string())
+        } else if let Some(path) = spec.strip_prefix("file:") {
+            SecretRef::File(PathBuf::from(path))
+        } else {
+            SecretRef::Literal(spec.to_string())
+        }
+    }
+
+    pub fn is_literal(&self) -> bool {
+        matches!(self, SecretRef::Literal(_))
+    }
+
+    /// The secret's value; a file's trailing newline is not part of it.
+    pub fn resolve(&self) -> Result<String, String> {
+        let value = match self {
+            SecretRef::Env(name) => std::env::var(name)
+                .map_err(|_| format!("environment variable {name} is not set"))?,
+            SecretRef::File(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?
+                .trim_end_matches(['\r', '\n'])
+                .to_string(),
+            SecretRef::Literal(value) => value.clone(),
+        };
+        if value.is_empty() {
+            return Err(format!("{self:?} is empty"));
+        }
+        Ok(value)
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(SecretRef::parse(&String::deserialize(d)?))
+    }
+}
+
+fn parse_duration<E: serde::de::Error>(text: &str) -> Result<Duration, E> {
+    humantime::parse_duration(text).map_err(|e| {
+        E::custom(format!(
+            "`{text}` is not a duration ({e}); write it like \"500ms\", \"2s\", \"10m\", \"7d\""
+        ))
+    })
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    parse_duration(&String::deserialize(d)?)
+}
+
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    Option::<String>::deserialize(d)?
+        .map(|s| parse_duration(&s))
+        .transpose()
+}
+
+fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| parse_duration(s))
+        .collect()
+}
+
+/// Every problem found in a config file, one per line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problems(pub Vec<String>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            f.write_str(p)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Problems {}
+
+/// Terminal budgets outside this range are refused: below it no merchant can answer,
+/// above it the platform has long given up.
+pub const BUDGET_RANGE: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(30));
+
+/// Payment methods whose terminal dialect cbgate knows.
+pub const TERMINAL_METHODS: [&str; 3] = ["kassa24", "kassa24_bvu", "terminal/paydala"];
+
+impl Config {
+    /// Reads, parses and validates `path`; secrets must resolve.
+    pub fn load(path: &Path) -> Result<Config, Problems> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Problems(vec![format!("{name}: cannot read: {e}")]))?;
+        Self::from_toml(&name, &text)
+    }
+
+    /// Parses and validates TOML text; `name` prefixes every problem.
+    pub fn from_toml(name: &str, text: &str) -> Result<Config, Problems> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let span = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start].matches('\n').count() + 1;
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            Problems(vec![format!("{name}{span}: {}", e.message().trim_end())])
+        })?;
+        let problems = config.problems();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(Problems(
+                problems
+                    .into_iter()
+                    .map(|p| format!("{name}: {p}"))
+                    .collect(),
+            ))
+        }
+    }
+
+    /// Semantic checks serde cannot make, as `key: what is wrong`.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let s = &self.server;
+        if s.max_body_bytes < 256 {
+            out.push(format!(
+                "server.max_body_bytes: {} is too small (at least 256)",
+                s.max_body_bytes
+            ));
+        }
+        if !(2..=256).contains(&s.max_json_depth) {
+            out.push(format!(
+                "server.max_json_depth: {} is out of range 2..=256",
+                s.max_json_depth
+            ));
+        }
+        if s.max_connections == 0 {
+            out.push("server.max_connections: must be at least 1".into());
+        }
+        if let Some(token) = &s.admin_token
+            && let Err(e) = token.resolve()
+        {
+            out.push(format!("server.admin_token: {e}"));
+        }
+        if self.storage.engine == Engine::Jetstream && self.storage.nats_url.is_none() {
+            out.push("storage.nats_url: required when storage.engine = \"jetstream\"".into());
+        }
+        if self.storage.dedup_window < Duration::from_secs(60) {
+            out.push(
+                "storage.dedup_window: shorter than 1m would let platform retries through".into(),
+            );
+        }
+        if self.storage.max_batch == 0 || self.storage.max_pending == 0 {
+            out.push("storage.max_batch and storage.max_pending: must be at least 1".into());
+        }
+        let d = &self.delivery;
+        if d.schedule.is_empty() {
+            out.push("delivery.schedule: needs at least one attempt".into());
+        }
+        if d.repeat_every.is_zero() {
+            out.push("delivery.repeat_every: must be more than 0s".into());
+        }
+        if d.max_in_flight == 0 {
+            out.push("delivery.max_in_flight: must be at least 1".into());
+        }
+        let mut ids = HashSet::new();
+        for (i, p) in self.projects.iter().enumerate() {
+            let at = format!("projects[{i}] (id {})", p.id);
+            if !ids.insert(p.id) {
+                out.push(format!("{at}.id: duplicate project id {}", p.id));
+            }
+            if p.secrets.is_empty() {
+                out.push(format!("{at}.secrets: at least one secret is required"));
+            }
+            for (j, secret) in p.secrets.iter().enumerate() {
+                if let Err(e) = secret.resolve() {
+                    out.push(format!("{at}.secrets[{j}]: {e}"));
+                }
+            }
+            if let Some(m) = &p.method
+                && p.terminal_url.is_some()
+                && !TERMINAL_METHODS.contains(&m.as_str())
+            {
+                out.push(format!(
+                    "{at}.method: `{m}` has no terminal dialect (one of {})",
+                    TERMINAL_METHODS.join(", ")
+                ));
+            }
+            if let Some(url) = &p.terminal_url
+                && let Err(e) = check_url(url)
+            {
+                out.push(format!("{at}.terminal_url: {e}"));
+            }
+            if p.terminal_budget < BUDGET_RANGE.0 || p.terminal_budget > BUDGET_RANGE.1 {
+                out.push(format!(
+                    "{at}.terminal_budget: {:?} is out of range {:?}..={:?}",
+                    p.terminal_budget, BUDGET_RANGE.0, BUDGET_RANGE.1
+                ));
+            }
+            let mut names = HashSet::new();
+            for (j, e) in p.endpoints.iter().enumerate() {
+                let at = format!("{at}.endpoints[{j}] ({})", e.name);
+                if e.name.is_empty()
+                    || !e
+                        .name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                {
+                    out.push(format!("{at}.name: use letters, digits, '-', '_' or '.'"));
+                }
+                if !names.insert(e.name.as_str()) {
+                    out.push(format!(
+                        "{at}.name: duplicate endpoint name in this project"
+                    ));
+                }
+                if let Err(err) = check_url(&e.url) {
+                    out.push(format!("{at}.url: {err}"));
+                }
+                match e.secret.resolve() {
+                    Ok(v) if crate::webhook::Key::parse(&v).is_none() => out.push(format!(
+                        "{at}.secret: not a Standard Webhooks secret (whsec_ followed by base64)"
+                    )),
+                    Ok(_) => {}
+                    Err(err) => out.push(format!("{at}.secret: {err}")),
+                }
+            }
+        }
+        out
+    }
+
+    /// Literal secrets, named for a warning at start.
+    pub fn literal_secrets(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self
+            .server
+            .admin_token
+            .as_ref()
+            .is_some_and(SecretRef::is_literal)
+        {
+            out.push("server.admin_token".to_string());
+        }
+        for p in &self.projects {
+            if p.secrets.iter().any(SecretRef::is_literal) {
+                out.push(format!("projects (id {}).secrets", p.id));
+            }
+            for e in &p.endpoints {
+                if e.secret.is_literal() {
+                    out.push(format!(
+                        "projects (id {}).endpoints ({}).secret",
+                        p.id, e.name
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// An http(s) URL with a host.
+pub fn check_url(url: &str) -> Result<hyper::Uri, String> {
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err(format!("`{url}` must start with http:// or https://")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("`{url}` has no host"));
+    }
+    Ok(uri)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_durations() {
+        let c = Config::from_toml(
+            "t.toml",
+            r#"
+            [storage]
+            dedup_window = "3d"
+            [[projects]]
+            id = 7
+            secrets = ["dev-secret"]
+            terminal_budget = "1500ms"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.storage.dedup_window, Duration::from_secs(3 * 86400));
+        assert_eq!(c.projects[0].terminal_budget, Duration::from_millis(1500));
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(
+            c.literal_secrets(),
+            vec!["projects (id 7).secrets".to_string()]
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let err = Config::from_toml(
+            "bad.toml",
+            r#"
+            [[projects]]
+            id = 1
+            secrets = ["env:CBGATE_TEST_SURELY_UNSET"]
+            terminal_url = "ftp://x"
+            terminal_budget = "1h"
+            [[projects]]
+            id = 1
+            secrets = []
+            "#,
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "CBGATE_TEST_SURELY_UNSET is not set",
+            "terminal_url",
+            "terminal_budget",
+            "duplicate project id 1",
+            "at least one secret",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+        assert!(text.lines().all(|l| l.starts_with("bad.toml: ")));
+    }
+
+    #[test]
+    fn unknown_keys_name_the_line() {
+        let err = Config::from_toml(
+            "x.toml",
+            "[server]\nlisten = \"127.0.0.1:1\"\nlissten = 3\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("x.toml (line 3)"), "{err}");
+        assert!(err.contains("lissten"), "{err}");
+    }
+}

@@ -1,0 +1,90 @@
+//! `cbgate sign` and `cbgate verify` on the seed examples, as a shell user runs them.
+
+use std::io::Write as _;
+use std::process::{Command, Output, Stdio};
+
+use crate::support::{BIN, vectors};
+
+fn run(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cbgate runs");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn sign_prints_the_vector_signature_for_every_seed_example() {
+    let dir = tempfile::tempdir().unwrap();
+    for v in vectors().iter().filter(|v| v.name.starts_with("seed:")) {
+        let file = dir.path().join("payload.json");
+        std::fs::write(&file, &v.payload_json).unwrap();
+        let out = run(
+            &["sign", "--secret", &v.secret, file.to_str().unwrap()],
+            b"",
+        );
+        assert!(out.status.success(), "{}: {:?}", v.name, out);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            v.signature,
+            "{}",
+            v.name
+        );
+        // The same from standard input.
+        let out = run(
+            &["sign", "--secret", &v.secret, "-"],
+            v.payload_json.as_bytes(),
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            v.signature,
+            "{}",
+            v.name
+        );
+    }
+}
+
+#[test]
+fn verify_exit_codes() {
+    for v in vectors().iter().filter(|v| v.name.starts_with("seed:")) {
+        let signed = cbgate::signature::attach(v.payload_json.as_bytes(), &v.secret).unwrap();
+        let ok = run(&["verify", "--secret", &v.secret], &signed);
+        assert_eq!(ok.status.code(), Some(0), "{}: {:?}", v.name, ok);
+        // Rotation: an old key first, the right one second.
+        let rotated = run(
+            &["verify", "--secret", "old", "--secret", &v.secret],
+            &signed,
+        );
+        assert_eq!(rotated.status.code(), Some(0), "{}", v.name);
+        let wrong = run(&["verify", "--secret", "not-the-secret"], &signed);
+        assert_eq!(wrong.status.code(), Some(1), "{}", v.name);
+    }
+    let cases: [(&[u8], &str); 4] = [
+        (b"{\"a\":", "not valid JSON"),
+        (b"{\"a\":1}", "no signature"),
+        (b"[1,2]", "not a JSON object"),
+        (b"", "not valid JSON"),
+    ];
+    for (body, says) in cases {
+        let out = run(&["verify", "--secret", "s"], body);
+        assert_eq!(out.status.code(), Some(2), "{says}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{says}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    }
+}
+
+#[test]
+fn verify_rejects_a_changed_byte() {
+    let v = &crate::support::seed_callbacks()[0];
+    let signed = cbgate::signature::attach(v.payload_json.as_bytes(), &v.secret).unwrap();
+    let text = String::from_utf8(signed)
+        .unwrap()
+        .replace("\"success\"", "\"sucess\"");
+    let out = run(&["verify", "--secret", &v.secret], text.as_bytes());
+    assert_eq!(out.status.code(), Some(1));
+}

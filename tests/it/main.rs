@@ -1,0 +1,4 @@
+//! cbgate's integration tests: the real binary and servers on 127.0.0.1, real HTTP.
+mod cli;
+mod signature;
+mod support;
