@@ -8,6 +8,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
 use crate::signature::{self, Canonicalizer, Secrets, VerifyError};
 
 #[derive(Parser)]
@@ -23,6 +26,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the gateway.
+    Serve {
+        /// The TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file: print every problem, exit 64 if there is one.
+    CheckConfig {
+        /// The TOML config file.
+        file: PathBuf,
+    },
     /// Print the base64 signature of a JSON payload (any `signature` in it is ignored).
     Sign {
         /// The project secret (or env:NAME / file:PATH).
@@ -52,6 +66,20 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve { config } => serve(config),
+        Command::CheckConfig { file } => match Config::load(&file) {
+            Ok(config) => {
+                for key in config.literal_secrets() {
+                    eprintln!("{}: warning: {key} is a literal secret; use env: or file: in production", file.display());
+                }
+                println!("{}: ok ({} projects)", file.display(), config.projects.len());
+                ExitCode::SUCCESS
+            }
+            Err(problems) => {
+                eprintln!("{problems}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
         Command::Sign {
             secret,
             canonical,
@@ -97,6 +125,56 @@ pub fn main() -> ExitCode {
             }
         }),
     }
+}
+
+/// sysexits EX_USAGE-style code for a config that does not validate.
+const EXIT_CONFIG: u8 = 64;
+
+/// Validates the config before binding anything, then runs until SIGTERM/SIGINT.
+/// A second signal exits at once: the journal is the truth, nothing acknowledged
+/// is lost by stopping mid-drain.
+fn serve(path: PathBuf) -> ExitCode {
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(problems) => {
+            eprintln!("{problems}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    crate::telemetry::init(&config.log);
+    for key in config.literal_secrets() {
+        tracing::warn!(key, "literal secret in the config file; use env: or file: in production");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(watch_signals(shutdown.clone()));
+        crate::app::run(config, Some(path), shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "cbgate stopped");
+            eprintln!("cbgate: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return;
+    };
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::info!("signal received; draining (send it again to exit at once)");
+    shutdown.cancel();
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::warn!("second signal: exiting now");
+    std::process::exit(130);
 }
 
 /// Runs a subcommand; an `Err` is malformed input: one line on stderr, exit 2.

@@ -84,6 +84,8 @@ pub struct Storage {
     pub max_batch: usize,
     /// Callbacks waiting for the journal beyond which ingress answers 503.
     pub max_pending: usize,
+    /// Check every page of the journal at start; a damaged file is refused.
+    pub verify_on_open: bool,
 }
 
 impl Default for Storage {
@@ -95,6 +97,7 @@ impl Default for Storage {
             nats_url: None,
             max_batch: 512,
             max_pending: 16_384,
+            verify_on_open: true,
         }
     }
 }

@@ -2,10 +2,30 @@
 //!
 //! Layout
 //! - `signature`: canonical string (one simd-json parse) and HMAC-SHA512 (ring).
-//! - `config`: the TOML file, secrets, validation that lists every problem.
-//! - `webhook`: Standard Webhooks signatures on forwarded events.
-//! - `cli`: the `cbgate` subcommands.
+//! - `config`, `projects`: the TOML file, and its resolved running view.
+//! - `http`: listeners with limits; `ingress`: `/callbacks`, `/terminal`; `admin`.
+//! - `verifier`: where signature checks run; `callback`: the verified callback.
+//! - `dedup`, `journal`: durable keys and the group-committed redb journal.
+//! - `terminal`: verify/check_deposit under a budget; `webhook`: outbound signatures.
+//! - `app`: start and shutdown order; `cli`: the subcommands.
+//!
+//! Life of a callback: `http` reads the body into one `Bytes` → `verifier` runs
+//! `callback::verify` (parse once, project, signature, dedup key, routes) →
+//! `dedup` hit answers 200 at once → else `journal` group-commits it with fdatasync
+//! → 200 → delivery to every matching endpoint.
+pub mod admin;
+pub mod app;
+pub mod callback;
 pub mod cli;
 pub mod config;
+pub mod dedup;
+pub mod http;
+pub mod ingress;
+pub mod journal;
+pub mod metrics;
+pub mod projects;
 pub mod signature;
+pub mod telemetry;
+pub mod terminal;
+pub mod verifier;
 pub mod webhook;

@@ -114,6 +114,10 @@ impl Canonicalizer {
         }
     }
 
+    pub fn max_depth(&self) -> usize {
+        self.max_depth
+    }
+
     /// Parses `body` once and flattens it. Afterwards `signature`, `get` and
     /// `canonical` read the result until the next `load`.
     pub fn load(&mut self, body: &[u8]) -> Result<(), ParseError> {

@@ -20,6 +20,20 @@ fn is_space(c: u8) -> bool {
 
 /// Compares natural order of `a` and `b` exactly as PHP 8 does.
 pub fn compare(a: &[u8], b: &[u8]) -> Ordering {
+    // Fast path: up to the first differing byte both strings step through the same
+    // characters (equal digit runs compare equal, equal whitespace is skipped alike),
+    // so natural order is byte order unless the difference itself is a digit,
+    // whitespace or NUL, where runs, skipping or the C terminator can decide it.
+    let i = a.iter().zip(b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()));
+    let special = |c: Option<&u8>| c.is_some_and(|&c| c.is_ascii_digit() || is_space(c) || c == 0);
+    if !special(a.get(i)) && !special(b.get(i)) {
+        return a.get(i).cmp(&b.get(i));
+    }
+    full(a, b)
+}
+
+/// The C algorithm, step by step.
+fn full(a: &[u8], b: &[u8]) -> Ordering {
     if a.is_empty() || b.is_empty() {
         return a.len().cmp(&b.len());
     }
@@ -150,5 +164,33 @@ mod tests {
     #[test]
     fn whitespace_is_skipped() {
         assert_eq!(compare(b"a 1", b"a1"), Equal);
+    }
+
+    /// The fast path agrees with the C algorithm on strings built to hit its edges.
+    #[test]
+    fn fast_path_agrees_with_the_full_algorithm() {
+        let alphabet: &[u8] = b"0119a :_ A\tz";
+        let mut rng = 0x2545F4914F6CDD1Du64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for _ in 0..200_000 {
+            let mut make = || {
+                let n = (next() % 7) as usize;
+                (0..n).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect::<Vec<u8>>()
+            };
+            let (a, mut b) = (make(), make());
+            if next() % 2 == 0 {
+                // Share a prefix, the common case in paths.
+                let mut p = a.clone();
+                p.truncate((next() % 5) as usize);
+                p.extend_from_slice(&b);
+                b = p;
+            }
+            assert_eq!(compare(&a, &b), super::full(&a, &b), "{:?} vs {:?}", a, b);
+        }
     }
 }

@@ -40,3 +40,247 @@ pub fn seed_callbacks() -> Vec<Vector> {
     assert_eq!(v.len(), 11, "the seeds hold 11 callback examples");
     v
 }
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free port on 127.0.0.1 (bound and released; good enough for tests).
+pub fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// One keep-alive HTTP/1.1 connection, blocking: enough to talk to cbgate.
+pub struct Conn {
+    reader: BufReader<TcpStream>,
+}
+
+impl Conn {
+    pub fn open(addr: SocketAddr) -> std::io::Result<Conn> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(Conn {
+            reader: BufReader::new(stream),
+        })
+    }
+
+    /// Sends one request; returns status and body.
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<(u16, Vec<u8>)> {
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: cbgate\r\nContent-Length: {}\r\n", body.len());
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        let stream = self.reader.get_mut();
+        stream.write_all(head.as_bytes())?;
+        stream.write_all(body)?;
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
+        }
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+        let mut len = 0usize;
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line)?;
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                len = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut out = vec![0; len];
+        self.reader.read_exact(&mut out)?;
+        Ok((status, out))
+    }
+
+    pub fn post(&mut self, path: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
+        self.request("POST", path, &[("Content-Type", "application/json")], body)
+            .map(|(s, b)| (s, String::from_utf8_lossy(&b).into_owned()))
+    }
+}
+
+/// One-shot request on a new connection.
+pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    let (s, b) = Conn::open(addr)
+        .and_then(|mut c| c.request(method, path, headers, body))
+        .unwrap_or_else(|e| panic!("{method} {path} on {addr}: {e}"));
+    (s, String::from_utf8_lossy(&b).into_owned())
+}
+
+/// The real `cbgate serve` on 127.0.0.1 ports with its own data directory.
+pub struct Gateway {
+    pub child: Option<Child>,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub stderr_path: PathBuf,
+}
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+impl Gateway {
+    /// Starts cbgate with `projects` (TOML for `[[projects]]` and any other tables);
+    /// the harness adds `[server]` ports, the admin token and `[storage] dir`.
+    pub fn start(projects: &str) -> Gateway {
+        Self::start_with(projects, "")
+    }
+
+    /// As `start`, with extra `[server]` keys.
+    pub fn start_with(projects: &str, server_extra: &str) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = free_addr();
+        let admin = free_addr();
+        let config = format!(
+            "[server]\nlisten = \"{addr}\"\nadmin_listen = \"{admin}\"\nadmin_token = \"{ADMIN_TOKEN}\"\n{server_extra}\n\
+             [storage]\ndir = \"{}\"\n\n[log]\nlevel = \"info\"\n\n{projects}\n",
+            dir.path().join("data").display()
+        );
+        let config_path = dir.path().join("cbgate.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let stderr_path = dir.path().join("cbgate.log");
+        let mut g = Gateway {
+            child: None,
+            addr,
+            admin,
+            dir,
+            config_path,
+            stderr_path,
+        };
+        g.spawn();
+        g
+    }
+
+    /// Starts the process on the same config and data (after `kill` or `stop`).
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.stderr_path)
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["serve", "--config", self.config_path.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("cbgate starts");
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(30));
+    }
+
+    pub fn wait_ready(&mut self, limit: Duration) {
+        let started = Instant::now();
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("cbgate exited with {status} before ready:\n{}", self.log());
+            }
+            if let Ok(mut c) = Conn::open(self.admin)
+                && let Ok((200, _)) = c.request("GET", "/readyz", &[], b"")
+            {
+                return;
+            }
+            assert!(started.elapsed() < limit, "cbgate not ready in {limit:?}:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// Sends `signal` (e.g. "TERM", "HUP") to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let ok = Command::new("kill").args([&format!("-{signal}"), &pid]).status().unwrap();
+        assert!(ok.success());
+    }
+
+    /// Waits for the process to exit; returns its status.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let started = Instant::now();
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            assert!(started.elapsed() < limit, "cbgate did not exit in {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn post(&self, path: &str, body: &[u8]) -> (u16, String) {
+        request(self.addr, "POST", path, &[("Content-Type", "application/json")], body)
+    }
+
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        let auth = format!("Bearer {ADMIN_TOKEN}");
+        request(self.admin, "GET", path, &[("Authorization", &auth)], b"")
+    }
+
+    pub fn admin_post(&self, path: &str) -> (u16, String) {
+        let auth = format!("Bearer {ADMIN_TOKEN}");
+        request(self.admin, "POST", path, &[("Authorization", &auth)], b"")
+    }
+
+    /// One sample of a metric from `/metrics`, summed over label sets containing
+    /// every `labels` pair.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let (_, text) = request(self.admin, "GET", "/metrics", &[], b"");
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+                (metric == name && labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+                    .then(|| value.parse::<f64>().ok())
+                    .flatten()
+            })
+            .sum()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A signed copy of a vector's payload with `project_id` set to `project`.
+pub fn signed_for(project: u64, payload_json: &str, secret: &str) -> Vec<u8> {
+    let mut v: serde_json::Value = serde_json::from_str(payload_json).unwrap();
+    v["project_id"] = serde_json::Value::from(project);
+    cbgate::signature::attach(v.to_string().as_bytes(), secret).unwrap()
+}

@@ -1,0 +1,184 @@
+//! Wires the parts together and owns the order of start and shutdown:
+//! recover the journal → bind → ready; on signal: not ready → stop accepting and
+//! drain requests → last journal commit → exit, all under the grace period.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::http::{self, Limits};
+use crate::ingress::Ingress;
+use crate::journal::{Journal, JournalError, RedbStore};
+use crate::metrics as m;
+use crate::projects::Projects;
+use crate::terminal::Terminal;
+use crate::verifier::Verifier;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("cannot listen on {addr}: {error}")]
+    Bind { addr: String, error: std::io::Error },
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Grace period for draining connections at shutdown.
+pub const GRACE: Duration = Duration::from_secs(10);
+
+/// Runs the gateway with `config` (already validated) until `shutdown` fires.
+/// `config_path` is re-read on SIGHUP.
+pub async fn run(
+    config: Config,
+    config_path: Option<PathBuf>,
+    shutdown: CancellationToken,
+) -> Result<(), AppError> {
+    let metrics = m::install();
+    let ready = Arc::new(AtomicBool::new(false));
+    let projects = Arc::new(ArcSwap::from_pointee(
+        Projects::build(&config).map_err(AppError::Config)?,
+    ));
+
+    let storage = config.storage.clone();
+    let store = tokio::task::spawn_blocking(move || RedbStore::open(&storage.dir, storage.verify_on_open))
+        .await
+        .expect("journal open does not panic")?;
+    let (journal, _pending, writer) = Journal::start(
+        Arc::new(store),
+        config.storage.dedup_window,
+        config.storage.max_batch,
+        config.storage.max_pending,
+        None,
+    )?;
+
+    let bind = |addr: std::net::SocketAddr| async move {
+        TcpListener::bind(addr).await.map_err(|error| AppError::Bind {
+            addr: addr.to_string(),
+            error,
+        })
+    };
+    let listener = bind(config.server.listen).await?;
+    let admin_listener = bind(config.server.admin_listen).await?;
+    tracing::info!(
+        listen = %listener.local_addr().map_err(|e| AppError::Config(e.to_string()))?,
+        admin = %admin_listener.local_addr().map_err(|e| AppError::Config(e.to_string()))?,
+        projects = config.projects.len(),
+        "cbgate serving"
+    );
+
+    let limits = Limits::from_config(&config.server);
+    let ingress = Arc::new(Ingress {
+        projects: projects.clone(),
+        verifier: Verifier::new(
+            config.server.verifier_threads,
+            config.server.max_json_depth,
+            config.server.signature_fallback,
+        ),
+        journal: journal.clone(),
+        terminal: Terminal::new(&config),
+        limits,
+    });
+    let admin = Arc::new(Admin {
+        token: config
+            .server
+            .admin_token
+            .as_ref()
+            .map(|t| t.resolve())
+            .transpose()
+            .map_err(AppError::Config)?,
+        metrics,
+        ready: ready.clone(),
+        journal: journal.clone(),
+    });
+
+    let stop_accepting = CancellationToken::new();
+    let platform = tokio::spawn(http::serve(
+        listener,
+        limits,
+        move |req| ingress.clone().handle(req),
+        stop_accepting.clone(),
+        GRACE,
+    ));
+    let admin_stop = CancellationToken::new();
+    let admin_server = tokio::spawn(http::serve(
+        admin_listener,
+        Limits {
+            max_connections: 64,
+            ..limits
+        },
+        move |req| admin.clone().handle(req),
+        admin_stop.clone(),
+        Duration::from_secs(1),
+    ));
+    let sweeper = {
+        let journal = journal.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => journal.sweep(),
+                    () = stop.cancelled() => break,
+                }
+            }
+        })
+    };
+    let reloader = tokio::spawn(reload_on_sighup(config_path, projects.clone(), shutdown.clone()));
+    ready.store(true, Ordering::Release);
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: draining requests");
+    ready.store(false, Ordering::Release);
+    stop_accepting.cancel();
+    let _ = platform.await;
+    sweeper.abort();
+    reloader.abort();
+    // Every handle to the writer must go for it to make its last commit and stop.
+    drop(journal);
+    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    admin_stop.cancel();
+    let _ = admin_server.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// On SIGHUP, re-reads and re-validates the config; a bad one is refused and the
+/// running one kept.
+async fn reload_on_sighup(
+    path: Option<PathBuf>,
+    projects: Arc<ArcSwap<Projects>>,
+    shutdown: CancellationToken,
+) {
+    let Some(path) = path else { return };
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let result = Config::load(&path)
+            .map_err(|p| p.to_string())
+            .and_then(|c| Projects::build(&c));
+        match result {
+            Ok(new) => {
+                projects.store(Arc::new(new));
+                metrics::counter!(m::CONFIG_RELOADS_TOTAL, "result" => "ok").increment(1);
+                tracing::info!(path = %path.display(), "config reloaded");
+            }
+            Err(problems) => {
+                metrics::counter!(m::CONFIG_RELOADS_TOTAL, "result" => "refused").increment(1);
+                tracing::error!(path = %path.display(), %problems, "config reload refused; keeping the running config");
+            }
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! The platform-facing listener: `POST /callbacks` and `POST /terminal`.
+//! A callback goes size limit → one parse → project → signature → dedup → durable
+//! journal → 200, its body one `Bytes` from the socket to the disk.
+
+pub mod response;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response};
+
+use crate::callback::Rejection;
+use crate::http::{self, Body, Limits};
+use crate::journal::Journal;
+use crate::metrics as m;
+use crate::projects::Projects;
+use crate::terminal::Terminal;
+use crate::verifier::Verifier;
+use response::Answer;
+
+/// Everything a platform request needs.
+pub struct Ingress {
+    pub projects: Arc<ArcSwap<Projects>>,
+    pub verifier: Verifier,
+    pub journal: Journal,
+    pub terminal: Terminal,
+    pub limits: Limits,
+}
+
+impl Ingress {
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let route = req.uri().path();
+        if route == "/terminal" {
+            if req.method() != Method::POST {
+                return Answer::MethodNotAllowed.into_response();
+            }
+            let response = match http::read_body(req, &self.limits).await {
+                Ok(body) => {
+                    self.terminal
+                        .handle(self.projects.load_full(), body, self.verifier.max_depth())
+                        .await
+                }
+                Err(e) => Answer::Body(e).into_response(),
+            };
+            record("terminal", "answered", started);
+            return response;
+        }
+        let answer = match (req.method(), route) {
+            (&Method::POST, "/callbacks") => self.callback(req).await,
+            (_, "/callbacks") => Answer::MethodNotAllowed,
+            _ => Answer::NotFound,
+        };
+        let outcome = answer.as_str();
+        if let Answer::Rejected(Rejection::Signature { project, error }) = &answer {
+            metrics::counter!(m::SIGNATURE_FAILURES_TOTAL, "project" => project.to_string())
+                .increment(1);
+            tracing::info!(target: "cbgate::access", route = "callbacks", project, outcome, reason = %error);
+        }
+        record("callbacks", outcome, started);
+        answer.into_response()
+    }
+
+    async fn callback(&self, req: Request<Incoming>) -> Answer {
+        let body = match http::read_body(req, &self.limits).await {
+            Ok(body) => body,
+            Err(e) => return Answer::Body(e),
+        };
+        let callback = match self.verifier.verify(body, self.projects.load_full()).await {
+            Err(_) => return Answer::Unavailable("signature verifier queue is full"),
+            Ok(Err(rejection)) => return Answer::Rejected(rejection),
+            Ok(Ok(cb)) => cb,
+        };
+        if callback.matched != crate::signature::Order::Php {
+            metrics::counter!(m::SIGNATURE_FALLBACK_TOTAL, "order" => callback.matched.as_str())
+                .increment(1);
+        }
+        if self.journal.is_durable_duplicate(callback.dedup) {
+            metrics::counter!(m::DEDUP_HITS_TOTAL).increment(1);
+            return Answer::KnownDuplicate;
+        }
+        if callback.endpoints.is_empty() {
+            metrics::counter!(m::UNROUTED_TOTAL, "project" => callback.project.to_string())
+                .increment(1);
+        }
+        let waiting = match self.journal.submit(callback) {
+            Ok(rx) => rx,
+            Err(e) => {
+                metrics::counter!(m::BACKPRESSURE_TOTAL).increment(1);
+                return Answer::from_submit(e);
+            }
+        };
+        match waiting.await {
+            Ok(Ok(outcome)) => {
+                if outcome == crate::journal::Outcome::Duplicate {
+                    metrics::counter!(m::DEDUP_HITS_TOTAL).increment(1);
+                }
+                Answer::Stored(outcome)
+            }
+            Ok(Err(e)) => Answer::from_submit(e),
+            Err(_) => Answer::Unavailable("journal stopped"),
+        }
+    }
+}
+
+fn record(route: &'static str, outcome: &'static str, started: Instant) {
+    let elapsed = started.elapsed();
+    metrics::counter!(m::REQUESTS_TOTAL, "route" => route, "outcome" => outcome).increment(1);
+    metrics::histogram!(m::REQUEST_SECONDS, "route" => route).record(elapsed.as_secs_f64());
+    tracing::debug!(target: "cbgate::access", route, outcome, latency_us = elapsed.as_micros() as u64);
+}

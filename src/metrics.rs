@@ -1,0 +1,49 @@
+//! Metric names (Prometheus conventions) and the exporter served on the admin
+//! listener. Label values are bounded: routes, outcomes, project ids, endpoint keys.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const REQUESTS_TOTAL: &str = "cbgate_requests_total";
+pub const REQUEST_SECONDS: &str = "cbgate_request_duration_seconds";
+pub const SIGNATURE_FAILURES_TOTAL: &str = "cbgate_signature_failures_total";
+pub const SIGNATURE_FALLBACK_TOTAL: &str = "cbgate_signature_fallback_matches_total";
+pub const DEDUP_HITS_TOTAL: &str = "cbgate_dedup_hits_total";
+pub const DEDUP_KEYS: &str = "cbgate_dedup_keys";
+pub const JOURNAL_COMMIT_SECONDS: &str = "cbgate_journal_commit_seconds";
+pub const JOURNAL_BATCH_SIZE: &str = "cbgate_journal_batch_size";
+pub const JOURNAL_ERRORS_TOTAL: &str = "cbgate_journal_errors_total";
+pub const JOURNAL_QUEUE_DEPTH: &str = "cbgate_journal_queue_depth";
+pub const BACKPRESSURE_TOTAL: &str = "cbgate_backpressure_rejections_total";
+pub const VERIFIER_QUEUE_SECONDS: &str = "cbgate_verifier_queue_seconds";
+pub const CONNECTIONS_REJECTED_TOTAL: &str = "cbgate_connections_rejected_total";
+pub const UNROUTED_TOTAL: &str = "cbgate_events_unrouted_total";
+pub const DELIVERY_ATTEMPTS_TOTAL: &str = "cbgate_delivery_attempts_total";
+pub const DELIVERY_SECONDS: &str = "cbgate_delivery_duration_seconds";
+pub const DELIVERY_QUEUE_DEPTH: &str = "cbgate_delivery_queue_depth";
+pub const DELIVERY_OLDEST_SECONDS: &str = "cbgate_delivery_oldest_undelivered_seconds";
+pub const DELIVERY_DEAD_TOTAL: &str = "cbgate_delivery_dead_letters_total";
+pub const TERMINAL_SECONDS: &str = "cbgate_terminal_duration_seconds";
+pub const TERMINAL_ANSWERS_TOTAL: &str = "cbgate_terminal_answers_total";
+pub const TERMINAL_BUDGET_MISSES_TOTAL: &str = "cbgate_terminal_budget_misses_total";
+pub const TERMINAL_MERCHANT_ERRORS_TOTAL: &str = "cbgate_terminal_merchant_errors_total";
+pub const CONFIG_RELOADS_TOTAL: &str = "cbgate_config_reloads_total";
+
+/// Installs the global recorder once; later calls return the same handle.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let latency = [
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0, 10.0,
+            ];
+            let sizes = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(JOURNAL_BATCH_SIZE.into()), &sizes))
+                .expect("static buckets are valid")
+                .install_recorder()
+                .expect("the metrics recorder is installed once")
+        })
+        .clone()
+}
