@@ -45,7 +45,10 @@ impl Admin {
             }
             path if path.starts_with("/admin/") => {
                 if !self.authorized(&req) {
-                    return json(StatusCode::UNAUTHORIZED, r#"{"error":"missing or wrong bearer token"}"#);
+                    return json(
+                        StatusCode::UNAUTHORIZED,
+                        r#"{"error":"missing or wrong bearer token"}"#,
+                    );
                 }
                 json(StatusCode::NOT_FOUND, r#"{"error":"no such admin route"}"#)
             }

@@ -48,9 +48,10 @@ pub async fn run(
     ));
 
     let storage = config.storage.clone();
-    let store = tokio::task::spawn_blocking(move || RedbStore::open(&storage.dir, storage.verify_on_open))
-        .await
-        .expect("journal open does not panic")?;
+    let store =
+        tokio::task::spawn_blocking(move || RedbStore::open(&storage.dir, storage.verify_on_open))
+            .await
+            .expect("journal open does not panic")?;
     let (journal, _pending, writer) = Journal::start(
         Arc::new(store),
         config.storage.dedup_window,
@@ -60,10 +61,12 @@ pub async fn run(
     )?;
 
     let bind = |addr: std::net::SocketAddr| async move {
-        TcpListener::bind(addr).await.map_err(|error| AppError::Bind {
-            addr: addr.to_string(),
-            error,
-        })
+        TcpListener::bind(addr)
+            .await
+            .map_err(|error| AppError::Bind {
+                addr: addr.to_string(),
+                error,
+            })
     };
     let listener = bind(config.server.listen).await?;
     let admin_listener = bind(config.server.admin_listen).await?;
@@ -131,7 +134,11 @@ pub async fn run(
             }
         })
     };
-    let reloader = tokio::spawn(reload_on_sighup(config_path, projects.clone(), shutdown.clone()));
+    let reloader = tokio::spawn(reload_on_sighup(
+        config_path,
+        projects.clone(),
+        shutdown.clone(),
+    ));
     ready.store(true, Ordering::Release);
 
     shutdown.cancelled().await;

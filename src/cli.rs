@@ -70,9 +70,16 @@ pub fn main() -> ExitCode {
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(config) => {
                 for key in config.literal_secrets() {
-                    eprintln!("{}: warning: {key} is a literal secret; use env: or file: in production", file.display());
+                    eprintln!(
+                        "{}: warning: {key} is a literal secret; use env: or file: in production",
+                        file.display()
+                    );
                 }
-                println!("{}: ok ({} projects)", file.display(), config.projects.len());
+                println!(
+                    "{}: ok ({} projects)",
+                    file.display(),
+                    config.projects.len()
+                );
                 ExitCode::SUCCESS
             }
             Err(problems) => {
@@ -143,7 +150,10 @@ fn serve(path: PathBuf) -> ExitCode {
     };
     crate::telemetry::init(&config.log);
     for key in config.literal_secrets() {
-        tracing::warn!(key, "literal secret in the config file; use env: or file: in production");
+        tracing::warn!(
+            key,
+            "literal secret in the config file; use env: or file: in production"
+        );
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -166,7 +176,10 @@ fn serve(path: PathBuf) -> ExitCode {
 
 async fn watch_signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         return;
     };
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }

@@ -522,7 +522,14 @@ impl Journal {
         max_batch: usize,
         max_pending: usize,
         accepted: Option<Accepted>,
-    ) -> Result<(Journal, Vec<(u64, String, Vec<u8>)>, std::thread::JoinHandle<()>), JournalError> {
+    ) -> Result<
+        (
+            Journal,
+            Vec<(u64, String, Vec<u8>)>,
+            std::thread::JoinHandle<()>,
+        ),
+        JournalError,
+    > {
         let started = Instant::now();
         let recovery = store.recover(now_s())?;
         let dedup = Arc::new(DedupSet::with_capacity(recovery.dedup.len()));
@@ -696,7 +703,9 @@ impl Writer {
                     // and the delivery updates are retried by their owners.
                     self.next_seq -= group.events.len() as u64;
                     for (reply, _) in replies {
-                        let _ = reply.send(Err(SubmitError::Journal(JournalError::Storage(e.to_string()))));
+                        let _ = reply.send(Err(SubmitError::Journal(JournalError::Storage(
+                            e.to_string(),
+                        ))));
                     }
                 }
             }

@@ -40,7 +40,9 @@ pub fn install() -> PrometheusHandle {
             let sizes = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
             PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency)
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(JOURNAL_BATCH_SIZE.into()), &sizes))
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(JOURNAL_BATCH_SIZE.into()), &sizes)
+                })
                 .expect("static buckets are valid")
                 .install_recorder()
                 .expect("the metrics recorder is installed once")

@@ -62,7 +62,11 @@ impl Endpoint {
             && any(&self.statuses, &f.statuses)
     }
 
-    fn build(project: u64, e: &EndpointConfig, defaults: &crate::config::Delivery) -> Result<Self, String> {
+    fn build(
+        project: u64,
+        e: &EndpointConfig,
+        defaults: &crate::config::Delivery,
+    ) -> Result<Self, String> {
         let secret = e.secret.resolve()?;
         Ok(Self {
             key: format!("{project}/{}", e.name),
@@ -127,7 +131,11 @@ impl Projects {
 
     /// The project named by a `project_id` value as the canonical string writes it.
     pub fn by_text(&self, id: &[u8]) -> Option<&Arc<Project>> {
-        std::str::from_utf8(id).ok()?.parse().ok().and_then(|id| self.get(id))
+        std::str::from_utf8(id)
+            .ok()?
+            .parse()
+            .ok()
+            .and_then(|id| self.get(id))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Project>> {

@@ -17,7 +17,12 @@ impl Terminal {
         Terminal {}
     }
 
-    pub async fn handle(&self, _projects: Arc<Projects>, _body: Bytes, _max_depth: usize) -> Response<Body> {
+    pub async fn handle(
+        &self,
+        _projects: Arc<Projects>,
+        _body: Bytes,
+        _max_depth: usize,
+    ) -> Response<Body> {
         json(
             StatusCode::OK,
             r#"{"code":500,"error_description":"terminal requests are not served yet"}"#,

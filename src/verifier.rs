@@ -62,7 +62,8 @@ impl Verifier {
                         for job in rx {
                             metrics::histogram!(m::VERIFIER_QUEUE_SECONDS)
                                 .record(job.queued.elapsed().as_secs_f64());
-                            let result = callback::verify(&mut canon, job.body, &job.projects, fallback);
+                            let result =
+                                callback::verify(&mut canon, job.body, &job.projects, fallback);
                             let _ = job.reply.send(result);
                         }
                     })

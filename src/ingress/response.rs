@@ -5,7 +5,7 @@
 use hyper::{Response, StatusCode, header};
 
 use crate::callback::Rejection;
-use crate::http::{BodyError, Body, json};
+use crate::http::{Body, BodyError, json};
 use crate::journal::{Outcome, SubmitError};
 use crate::signature::VerifyError;
 
@@ -59,14 +59,22 @@ impl Answer {
             )
         };
         match self {
-            Answer::Stored(Outcome::Accepted(_)) => json(StatusCode::OK, r#"{"status":"accepted"}"#),
+            Answer::Stored(Outcome::Accepted(_)) => {
+                json(StatusCode::OK, r#"{"status":"accepted"}"#)
+            }
             Answer::Stored(Outcome::Duplicate) | Answer::KnownDuplicate => {
                 json(StatusCode::OK, r#"{"status":"duplicate"}"#)
             }
-            Answer::Rejected(r @ Rejection::UnknownProject(_)) => reason(StatusCode::NOT_FOUND, r.to_string()),
+            Answer::Rejected(r @ Rejection::UnknownProject(_)) => {
+                reason(StatusCode::NOT_FOUND, r.to_string())
+            }
             Answer::Rejected(r) => reason(StatusCode::BAD_REQUEST, r.to_string()),
-            Answer::Body(e @ BodyError::TooLarge(_)) => reason(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
-            Answer::Body(e @ BodyError::Timeout(_)) => reason(StatusCode::REQUEST_TIMEOUT, e.to_string()),
+            Answer::Body(e @ BodyError::TooLarge(_)) => {
+                reason(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+            }
+            Answer::Body(e @ BodyError::Timeout(_)) => {
+                reason(StatusCode::REQUEST_TIMEOUT, e.to_string())
+            }
             Answer::Body(e) => reason(StatusCode::BAD_REQUEST, e.to_string()),
             Answer::Unavailable(why) => {
                 let mut r = json(
@@ -77,7 +85,10 @@ impl Answer {
                     .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
                 r
             }
-            Answer::NotFound => reason(StatusCode::NOT_FOUND, "no such route; POST /callbacks or /terminal".into()),
+            Answer::NotFound => reason(
+                StatusCode::NOT_FOUND,
+                "no such route; POST /callbacks or /terminal".into(),
+            ),
             Answer::MethodNotAllowed => reason(StatusCode::METHOD_NOT_ALLOWED, "use POST".into()),
         }
     }

@@ -24,7 +24,11 @@ pub fn compare(a: &[u8], b: &[u8]) -> Ordering {
     // characters (equal digit runs compare equal, equal whitespace is skipped alike),
     // so natural order is byte order unless the difference itself is a digit,
     // whitespace or NUL, where runs, skipping or the C terminator can decide it.
-    let i = a.iter().zip(b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()));
+    let i = a
+        .iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()));
     let special = |c: Option<&u8>| c.is_some_and(|&c| c.is_ascii_digit() || is_space(c) || c == 0);
     if !special(a.get(i)) && !special(b.get(i)) {
         return a.get(i).cmp(&b.get(i));
@@ -180,7 +184,9 @@ mod tests {
         for _ in 0..200_000 {
             let mut make = || {
                 let n = (next() % 7) as usize;
-                (0..n).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect::<Vec<u8>>()
+                (0..n)
+                    .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                    .collect::<Vec<u8>>()
             };
             let (a, mut b) = (make(), make());
             if next() % 2 == 0 {

@@ -48,7 +48,10 @@ use std::time::{Duration, Instant};
 
 /// A free port on 127.0.0.1 (bound and released; good enough for tests).
 pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 /// One keep-alive HTTP/1.1 connection, blocking: enough to talk to cbgate.
@@ -74,7 +77,10 @@ impl Conn {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> std::io::Result<(u16, Vec<u8>)> {
-        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: cbgate\r\nContent-Length: {}\r\n", body.len());
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: cbgate\r\nContent-Length: {}\r\n",
+            body.len()
+        );
         for (k, v) in headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -84,7 +90,10 @@ impl Conn {
         stream.write_all(body)?;
         let mut line = String::new();
         if self.reader.read_line(&mut line)? == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed",
+            ));
         }
         let status: u16 = line
             .split_whitespace()
@@ -117,7 +126,13 @@ impl Conn {
 }
 
 /// One-shot request on a new connection.
-pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
     let (s, b) = Conn::open(addr)
         .and_then(|mut c| c.request(method, path, headers, body))
         .unwrap_or_else(|e| panic!("{method} {path} on {addr}: {e}"));
@@ -199,7 +214,11 @@ impl Gateway {
             {
                 return;
             }
-            assert!(started.elapsed() < limit, "cbgate not ready in {limit:?}:\n{}", self.log());
+            assert!(
+                started.elapsed() < limit,
+                "cbgate not ready in {limit:?}:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -215,7 +234,10 @@ impl Gateway {
     /// Sends `signal` (e.g. "TERM", "HUP") to the process.
     pub fn signal(&self, signal: &str) {
         let pid = self.child.as_ref().expect("running").id().to_string();
-        let ok = Command::new("kill").args([&format!("-{signal}"), &pid]).status().unwrap();
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap();
         assert!(ok.success());
     }
 
@@ -228,7 +250,10 @@ impl Gateway {
                 self.child = None;
                 return status;
             }
-            assert!(started.elapsed() < limit, "cbgate did not exit in {limit:?}");
+            assert!(
+                started.elapsed() < limit,
+                "cbgate did not exit in {limit:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -242,7 +267,13 @@ impl Gateway {
     }
 
     pub fn post(&self, path: &str, body: &[u8]) -> (u16, String) {
-        request(self.addr, "POST", path, &[("Content-Type", "application/json")], body)
+        request(
+            self.addr,
+            "POST",
+            path,
+            &[("Content-Type", "application/json")],
+            body,
+        )
     }
 
     pub fn admin_get(&self, path: &str) -> (u16, String) {
@@ -264,9 +295,12 @@ impl Gateway {
             .filter_map(|l| {
                 let (series, value) = l.rsplit_once(' ')?;
                 let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
-                (metric == name && labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
-                    .then(|| value.parse::<f64>().ok())
-                    .flatten()
+                (metric == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
             })
             .sum()
     }
