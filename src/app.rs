@@ -148,8 +148,7 @@ pub async fn run(
     let _ = platform.await;
     sweeper.abort();
     reloader.abort();
-    // Every handle to the writer must go for it to make its last commit and stop.
-    drop(journal);
+    journal.close();
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     admin_stop.cancel();
     let _ = admin_server.await;

@@ -487,7 +487,17 @@ enum Op {
     Append(Callback, oneshot::Sender<Result<Outcome, SubmitError>>),
     Update(DeliveryUpdate),
     Sweep(u32),
+    /// Commit what is queued, then stop.
+    Close,
 }
+
+/// A running journal: its handle, the pending deliveries found at recovery
+/// (`(seq, endpoint key, state)`), and the writer thread.
+pub type Started = (
+    Journal,
+    Vec<(u64, String, Vec<u8>)>,
+    std::thread::JoinHandle<()>,
+);
 
 /// Accepted events go to the delivery engine after their commit.
 pub type Accepted = crossbeam_channel::Sender<Arc<Event>>;
@@ -522,14 +532,7 @@ impl Journal {
         max_batch: usize,
         max_pending: usize,
         accepted: Option<Accepted>,
-    ) -> Result<
-        (
-            Journal,
-            Vec<(u64, String, Vec<u8>)>,
-            std::thread::JoinHandle<()>,
-        ),
-        JournalError,
-    > {
+    ) -> Result<Started, JournalError> {
         let started = Instant::now();
         let recovery = store.recover(now_s())?;
         let dedup = Arc::new(DedupSet::with_capacity(recovery.dedup.len()));
@@ -597,6 +600,12 @@ impl Journal {
             .map_err(|_| JournalError::Closed)
     }
 
+    /// Asks the writer to commit everything queued and stop (shutdown, after ingress
+    /// stopped taking callbacks). Later submissions answer 503.
+    pub fn close(&self) {
+        let _ = self.tx.send(Op::Close);
+    }
+
     /// Forgets dedup keys that expired.
     pub fn sweep(&self) {
         let now = now_s();
@@ -638,7 +647,19 @@ type Reply = (oneshot::Sender<Result<Outcome, SubmitError>>, Outcome);
 impl Writer {
     fn run(mut self) {
         let mut batch_keys = std::collections::HashSet::new();
-        while let Ok(first) = self.rx.recv() {
+        let mut closing = false;
+        loop {
+            let first = if closing {
+                match self.rx.try_recv() {
+                    Ok(op) => op,
+                    Err(_) => break,
+                }
+            } else {
+                match self.rx.recv() {
+                    Ok(op) => op,
+                    Err(_) => break,
+                }
+            };
             let mut group = Group::default();
             let mut replies: Vec<Reply> = Vec::new();
             batch_keys.clear();
@@ -672,6 +693,7 @@ impl Writer {
                     }
                     Op::Update(u) => group.updates.push(u),
                     Op::Sweep(before) => group.sweep_before = Some(before),
+                    Op::Close => closing = true,
                 }
                 if replies.len() + group.updates.len() < self.max_batch {
                     op = self.rx.try_recv().ok();

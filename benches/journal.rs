@@ -1,0 +1,69 @@
+//! Durable records per second of the journal's redb store alone, beside the disk's
+//! raw group-commit limit measured in the same run (append the same bytes to a file
+//! and fdatasync once per batch): the floor any durable store pays.
+
+use std::fs::File;
+use std::hint::black_box;
+use std::io::Write;
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+
+use cbgate::dedup::DedupKey;
+use cbgate::journal::{Event, Group, RedbStore, Store};
+
+fn event(seq: u64, body: &Bytes) -> Event {
+    Event {
+        seq,
+        accepted_ms: 0,
+        project: 1234,
+        dedup: DedupKey(seq as u128 * 0x9E37_79B9_7F4A_7C15),
+        order_key: format!("1234/pay-{seq}"),
+        endpoints: vec!["1234/ledger".into()],
+        body: body.clone(),
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let body = Bytes::from(vec![b'x'; 1000]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = c.benchmark_group("journal_commit");
+    g.measurement_time(Duration::from_secs(8));
+    for batch in [1usize, 64, 512] {
+        g.throughput(Throughput::Elements(batch as u64));
+        let mut raw = File::create(dir.path().join(format!("raw-{batch}"))).unwrap();
+        let bytes = vec![b'x'; 1060 * batch];
+        g.bench_with_input(
+            BenchmarkId::new("raw_write_fdatasync", batch),
+            &batch,
+            |b, _| {
+                b.iter(|| {
+                    raw.write_all(&bytes).unwrap();
+                    raw.sync_data().unwrap();
+                })
+            },
+        );
+        let store = RedbStore::open(&dir.path().join(format!("redb-{batch}")), false).unwrap();
+        let mut seq = 1u64;
+        g.bench_with_input(
+            BenchmarkId::new("redb_store", batch),
+            &batch,
+            |b, &batch| {
+                b.iter(|| {
+                    let mut group = Group::default();
+                    for _ in 0..batch {
+                        group.events.push((event(seq, &body), u32::MAX));
+                        seq += 1;
+                    }
+                    group.next_seq = seq;
+                    store.commit(black_box(&group)).unwrap();
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
