@@ -88,6 +88,7 @@ pub async fn run(
         journal: journal.clone(),
         terminal: Terminal::new(&config),
         limits,
+        access_log: config.log.access,
     });
     let admin = Arc::new(Admin {
         token: config

@@ -148,7 +148,7 @@ fn serve(path: PathBuf) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    crate::telemetry::init(&config.log);
+    let _log_guard = crate::telemetry::init(&config.log);
     for key in config.literal_secrets() {
         tracing::warn!(
             key,

@@ -155,6 +155,8 @@ pub struct Log {
     pub format: LogFormat,
     /// A tracing filter, e.g. `info` or `cbgate=debug`; `RUST_LOG` overrides it.
     pub level: String,
+    /// One `cbgate::access` line per platform request (route, project, outcome, latency).
+    pub access: bool,
 }
 
 impl Default for Log {
@@ -162,6 +164,7 @@ impl Default for Log {
         Self {
             format: LogFormat::Pretty,
             level: "info".into(),
+            access: true,
         }
     }
 }

@@ -27,6 +27,8 @@ pub struct Ingress {
     pub journal: Journal,
     pub terminal: Terminal,
     pub limits: Limits,
+    /// Write one access line per request.
+    pub access_log: bool,
 }
 
 impl Ingress {
@@ -45,34 +47,58 @@ impl Ingress {
                 }
                 Err(e) => Answer::Body(e).into_response(),
             };
-            record("terminal", "answered", started);
+            let status = response.status().as_u16();
+            self.record("terminal", "answered", status, None, started);
             return response;
         }
-        let answer = match (req.method(), route) {
+        let (answer, project) = match (req.method(), route) {
             (&Method::POST, "/callbacks") => self.callback(req).await,
-            (_, "/callbacks") => Answer::MethodNotAllowed,
-            _ => Answer::NotFound,
+            (_, "/callbacks") => (Answer::MethodNotAllowed, None),
+            _ => (Answer::NotFound, None),
         };
         let outcome = answer.as_str();
-        if let Answer::Rejected(Rejection::Signature { project, error }) = &answer {
+        if let Answer::Rejected(Rejection::Signature { project, .. }) = &answer {
             metrics::counter!(m::SIGNATURE_FAILURES_TOTAL, "project" => project.to_string())
                 .increment(1);
-            tracing::info!(target: "cbgate::access", route = "callbacks", project, outcome, reason = %error);
         }
-        record("callbacks", outcome, started);
-        answer.into_response()
+        let response = answer.into_response();
+        self.record(
+            "callbacks",
+            outcome,
+            response.status().as_u16(),
+            project,
+            started,
+        );
+        response
     }
 
-    async fn callback(&self, req: Request<Incoming>) -> Answer {
+    /// The callback pipeline; returns the answer and the project when known.
+    async fn callback(&self, req: Request<Incoming>) -> (Answer, Option<u64>) {
         let body = match http::read_body(req, &self.limits).await {
             Ok(body) => body,
-            Err(e) => return Answer::Body(e),
+            Err(e) => return (Answer::Body(e), None),
         };
         let callback = match self.verifier.verify(body, self.projects.load_full()).await {
-            Err(_) => return Answer::Unavailable("signature verifier queue is full"),
-            Ok(Err(rejection)) => return Answer::Rejected(rejection),
+            Err(_) => {
+                return (
+                    Answer::Unavailable("signature verifier queue is full"),
+                    None,
+                );
+            }
+            Ok(Err(rejection)) => {
+                let project = match &rejection {
+                    Rejection::Signature { project, .. } => Some(*project),
+                    _ => None,
+                };
+                return (Answer::Rejected(rejection), project);
+            }
             Ok(Ok(cb)) => cb,
         };
+        let project = Some(callback.project);
+        (self.store(callback).await, project)
+    }
+
+    async fn store(&self, callback: crate::callback::Callback) -> Answer {
         if callback.matched != crate::signature::Order::Php {
             metrics::counter!(m::SIGNATURE_FALLBACK_TOTAL, "order" => callback.matched.as_str())
                 .increment(1);
@@ -105,9 +131,27 @@ impl Ingress {
     }
 }
 
-fn record(route: &'static str, outcome: &'static str, started: Instant) {
-    let elapsed = started.elapsed();
-    metrics::counter!(m::REQUESTS_TOTAL, "route" => route, "outcome" => outcome).increment(1);
-    metrics::histogram!(m::REQUEST_SECONDS, "route" => route).record(elapsed.as_secs_f64());
-    tracing::debug!(target: "cbgate::access", route, outcome, latency_us = elapsed.as_micros() as u64);
+impl Ingress {
+    fn record(
+        &self,
+        route: &'static str,
+        outcome: &'static str,
+        status: u16,
+        project: Option<u64>,
+        started: Instant,
+    ) {
+        let elapsed = started.elapsed();
+        metrics::counter!(m::REQUESTS_TOTAL, "route" => route, "outcome" => outcome).increment(1);
+        metrics::histogram!(m::REQUEST_SECONDS, "route" => route).record(elapsed.as_secs_f64());
+        if self.access_log {
+            tracing::info!(
+                target: "cbgate::access",
+                route,
+                project,
+                outcome,
+                status,
+                latency_us = elapsed.as_micros() as u64
+            );
+        }
+    }
 }
