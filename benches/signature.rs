@@ -112,6 +112,9 @@ fn bench(c: &mut Criterion) {
             canon.canonical(Order::Php).len()
         })
     });
+    g.bench_function("parse_and_flatten_only", |b| {
+        b.iter(|| canon.load(black_box(&body)).unwrap())
+    });
     g.bench_function("hmac_sha512_only", |b| {
         b.iter(|| hmac::sign(&key, black_box(&canonical)))
     });

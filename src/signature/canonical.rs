@@ -1,5 +1,6 @@
 //! The canonical string (spec §3–§7): one simd-json parse of the body into a tape,
-//! one walk that flattens it into `path:value` entries in a reused arena, then a sort
+//! one walk that flattens it into `path:value` entries in a reused arena (already
+//! `;`-joined in PHP order in the common case), else a sort
 //! in the chosen SDK order and a `;` join. Pure: no keys, no I/O, nothing global.
 
 use std::cmp::Ordering;
@@ -75,11 +76,30 @@ pub struct Canonicalizer {
     tape: Tape<'static>,
     max_depth: usize,
     path: Vec<u8>,
+    /// Signed entries `;`-joined in walk order: the canonical string itself when the
+    /// walk's order is PHP's.
     arena: Vec<u8>,
+    /// Leaves under a `signature` key, and the signature strings: kept out of `arena`.
+    aside: Vec<u8>,
     entries: Vec<Entry>,
     order: Vec<u32>,
     out: Vec<u8>,
     signatures: Signatures,
+    siblings: Vec<Sibling>,
+    keys: Vec<u8>,
+    /// The walk's emission order is not provably the PHP order (see `Walk::collect_keys`).
+    needs_sort: bool,
+}
+
+/// A key of the object being walked: its tape indexes, its sort text (the escaped
+/// key, plus `:` when its value has entries) in `keys`, and whether a later duplicate
+/// overrides it.
+#[derive(Clone, Copy)]
+struct Sibling {
+    key: u32,
+    value: u32,
+    text: (u32, u32),
+    skip: bool,
 }
 
 /// Arena ranges of the root and `general` signature strings.
@@ -107,10 +127,14 @@ impl Canonicalizer {
             max_depth,
             path: Vec::with_capacity(128),
             arena: Vec::with_capacity(4096),
+            aside: Vec::with_capacity(256),
             entries: Vec::with_capacity(64),
             order: Vec::with_capacity(64),
             out: Vec::with_capacity(2048),
             signatures: Signatures::default(),
+            siblings: Vec::with_capacity(64),
+            keys: Vec::with_capacity(512),
+            needs_sort: false,
         }
     }
 
@@ -122,9 +146,13 @@ impl Canonicalizer {
     /// `canonical` read the result until the next `load`.
     pub fn load(&mut self, body: &[u8]) -> Result<(), ParseError> {
         self.arena.clear();
+        self.aside.clear();
         self.entries.clear();
         self.path.clear();
         self.signatures = Signatures::default();
+        self.siblings.clear();
+        self.keys.clear();
+        self.needs_sort = false;
 
         let len = body.len();
         self.input.clear();
@@ -144,8 +172,12 @@ impl Canonicalizer {
                     let mut walk = Walk {
                         path: &mut self.path,
                         arena: &mut self.arena,
+                        aside: &mut self.aside,
                         entries: &mut self.entries,
                         signatures: &mut self.signatures,
+                        siblings: &mut self.siblings,
+                        keys: &mut self.keys,
+                        needs_sort: &mut self.needs_sort,
                     };
                     walk.value(&tape.0, 0, 0, 0);
                     Ok(())
@@ -162,7 +194,7 @@ impl Canonicalizer {
         self.signatures
             .root
             .or(self.signatures.general)
-            .map(|(s, e)| &self.arena[s as usize..e as usize])
+            .map(|(s, e)| &self.aside[s as usize..e as usize])
     }
 
     /// The value of the first signed leaf at `path` (keys joined with `:`, as in the
@@ -170,13 +202,16 @@ impl Canonicalizer {
     pub fn get(&self, path: &[u8]) -> Option<&[u8]> {
         self.entries
             .iter()
-            .filter(|e| e.flags == 0)
+            .filter(|e| e.flags & UNDER_SIGNATURE == 0)
             .find(|e| &self.arena[e.start as usize..e.path_end as usize] == path)
             .map(|e| &self.arena[e.path_end as usize + 1..e.end as usize])
     }
 
     /// The canonical string in `order`. Valid until the next call.
     pub fn canonical(&mut self, order: Order) -> &[u8] {
+        if order == Order::Php && !self.needs_sort {
+            return &self.arena;
+        }
         let used = if self.signatures.root.is_some() {
             ROOT_SIGNATURE
         } else {
@@ -195,20 +230,32 @@ impl Canonicalizer {
                 .filter(|(_, e)| keep(e))
                 .map(|(i, _)| i as u32),
         );
-        let arena = &self.arena;
+        let (arena, aside) = (&self.arena, &self.aside);
         let entries = &self.entries;
+        let buffer = |e: &Entry| {
+            if e.flags & UNDER_SIGNATURE == 0 {
+                arena
+            } else {
+                aside
+            }
+        };
         let path = |i: u32| {
-            let e = entries[i as usize];
-            &arena[e.start as usize..e.path_end as usize]
+            let e = &entries[i as usize];
+            &buffer(e)[e.start as usize..e.path_end as usize]
         };
         let whole = |i: u32| {
-            let e = entries[i as usize];
-            &arena[e.start as usize..e.end as usize]
+            let e = &entries[i as usize];
+            &buffer(e)[e.start as usize..e.end as usize]
         };
+        // The walk emitted entries in per-object natural order, which is PHP's order
+        // of whole paths unless the walk said otherwise.
+        let in_order =
+            !self.needs_sort && matches!(order, Order::RootSignatureOnly | Order::Signer);
         // Unstable sort with the walk index as tie-break is a stable sort that needs
         // no scratch allocation.
         let by = |a: &u32, b: &u32, cmp: &dyn Fn(u32, u32) -> Ordering| cmp(*a, *b).then(a.cmp(b));
         match order {
+            _ if in_order => {}
             Order::Php | Order::RootSignatureOnly | Order::Signer => self
                 .order
                 .sort_unstable_by(|a, b| by(a, b, &|x, y| natural::compare(path(x), path(y)))),
@@ -233,8 +280,12 @@ impl Canonicalizer {
 struct Walk<'a> {
     path: &'a mut Vec<u8>,
     arena: &'a mut Vec<u8>,
+    aside: &'a mut Vec<u8>,
     entries: &'a mut Vec<Entry>,
     signatures: &'a mut Signatures,
+    siblings: &'a mut Vec<Sibling>,
+    keys: &'a mut Vec<u8>,
+    needs_sort: &'a mut bool,
 }
 
 /// Number of tape nodes the value at `i` spans, itself included.
@@ -250,35 +301,63 @@ impl Walk<'_> {
     fn value(&mut self, nodes: &[Node<'_>], i: usize, depth: usize, flags: u8) -> usize {
         match nodes[i] {
             Node::Object { len, .. } => {
-                let mut k = i + 1;
-                for _ in 0..len {
-                    let next = k + 1 + span(nodes, k + 1);
-                    let Node::String(key) = nodes[k] else {
+                let base = self.siblings.len();
+                let end = self.collect_keys(nodes, i, len);
+                // Walk the keys in natural order of their sort text, so the entries come
+                // out in (almost always exactly) the platform's order; `canonical`
+                // checks that and sorts only when it is not.
+                let keys = &self.keys;
+                let tie = std::cell::Cell::new(false);
+                self.siblings[base..].sort_by(|a, b| {
+                    let o = natural::compare(
+                        &keys[a.text.0 as usize..a.text.1 as usize],
+                        &keys[b.text.0 as usize..b.text.1 as usize],
+                    );
+                    if o == Ordering::Equal && !a.skip && !b.skip {
+                        tie.set(true);
+                    }
+                    o
+                });
+                if tie.get() {
+                    *self.needs_sort = true;
+                }
+                for n in base..self.siblings.len() {
+                    let sib = self.siblings[n];
+                    if sib.skip {
+                        continue;
+                    }
+                    let Node::String(key) = nodes[sib.key as usize] else {
                         unreachable!("simd-json object keys are strings")
                     };
-                    // Duplicate keys: the last one wins, as in every SDK's JSON decoder.
-                    if key != "frame_mode" && !Self::repeated_later(nodes, key, next, i) {
-                        let mark = self.path.len();
-                        self.push_key(key.as_bytes());
-                        let mut child = flags;
-                        if key == "signature" {
-                            child |= UNDER_SIGNATURE;
-                            if let Node::String(s) = nodes[k + 1] {
-                                if depth == 0 {
-                                    child |= ROOT_SIGNATURE;
-                                    self.signatures.root = Some(self.stash(s.as_bytes()));
-                                } else if depth == 1 && &self.path[..mark] == b"general" {
-                                    child |= GENERAL_SIGNATURE;
-                                    self.signatures.general = Some(self.stash(s.as_bytes()));
-                                }
-                            }
-                        }
-                        self.value(nodes, k + 1, depth + 1, child);
-                        self.path.truncate(mark);
+                    let mark = self.path.len();
+                    if mark > 0 {
+                        self.path.push(b':');
                     }
-                    k = next;
+                    let text = &self.keys[sib.text.0 as usize..sib.text.1 as usize];
+                    let escaped = text
+                        .strip_suffix(b":")
+                        .filter(|_| is_container(nodes[sib.value as usize]));
+                    self.path.extend_from_slice(escaped.unwrap_or(text));
+                    let mut child = flags;
+                    if key == "signature" {
+                        child |= UNDER_SIGNATURE;
+                        let string = match nodes[sib.value as usize] {
+                            Node::String(s) => Some(s.as_bytes()),
+                            _ => None,
+                        };
+                        if depth == 0 {
+                            child |= ROOT_SIGNATURE;
+                            self.signatures.root = string.map(|s| self.stash(s));
+                        } else if depth == 1 && &self.path[..mark] == b"general" {
+                            child |= GENERAL_SIGNATURE;
+                            self.signatures.general = string.map(|s| self.stash(s));
+                        }
+                    }
+                    self.value(nodes, sib.value as usize, depth + 1, child);
+                    self.path.truncate(mark);
                 }
-                k
+                self.siblings.truncate(base);
+                end
             }
             Node::Array { len, .. } => {
                 let mut k = i + 1;
@@ -305,57 +384,111 @@ impl Walk<'_> {
         }
     }
 
-    /// True when `key` appears again among the remaining pairs of the object at `obj`.
-    fn repeated_later(nodes: &[Node<'_>], key: &str, mut k: usize, obj: usize) -> bool {
-        let end = obj + span(nodes, obj);
-        while k < end {
-            if let Node::String(other) = nodes[k]
-                && other == key
-            {
-                return true;
-            }
-            k += 1 + span(nodes, k + 1);
-        }
-        false
-    }
-
-    fn push_key(&mut self, key: &[u8]) {
-        if !self.path.is_empty() {
-            self.path.push(b':');
-        }
-        // A literal ':' in a key is doubled at every depth (PHP/Python/Java since PE-702).
-        if memchr::memchr(b':', key).is_none() {
-            self.path.extend_from_slice(key);
-        } else {
-            for &b in key {
-                if b == b':' {
-                    self.path.push(b':');
+    /// Pushes a `Sibling` for every key of the object at `obj` except `frame_mode`
+    /// (dropped at every depth); returns the tape index after the object. Duplicate
+    /// keys: the last one wins, as in every SDK's JSON decoder.
+    ///
+    /// Why sorting each object's keys gives PHP's order of whole paths: two paths in
+    /// sibling subtrees share `parent:` and PHP's comparison then reads both key texts
+    /// (key, plus `:` for a container) in lockstep, deciding inside them, unless a
+    /// key holds whitespace, NUL or `:` (skipping and escapes break the lockstep),
+    /// starts with `0` and a digit (leading zeros are skipped only at a string's
+    /// start), or two keys compare equal. Any of these sets `needs_sort`.
+    #[inline(never)]
+    fn collect_keys(&mut self, nodes: &[Node<'_>], obj: usize, len: usize) -> usize {
+        let base = self.siblings.len();
+        // Bloom of (length, first byte): most objects have no duplicate, so the exact
+        // comparison rarely runs.
+        let mut seen = 0u64;
+        let mut k = obj + 1;
+        for _ in 0..len {
+            let value = k + 1;
+            let next = value + span(nodes, value);
+            let Node::String(key) = nodes[k] else {
+                unreachable!("simd-json object keys are strings")
+            };
+            if key != "frame_mode" {
+                let bit =
+                    1u64 << ((key.len() * 31 + key.bytes().next().unwrap_or(0) as usize) & 63);
+                if seen & bit != 0 {
+                    for s in &mut self.siblings[base..] {
+                        if nodes[s.key as usize] == Node::String(key) {
+                            s.skip = true;
+                        }
+                    }
                 }
-                self.path.push(b);
+                seen |= bit;
+                let start = self.keys.len() as u32;
+                if !escape_key(key.as_bytes(), self.keys) {
+                    *self.needs_sort = true;
+                }
+                if is_container(nodes[value]) {
+                    self.keys.push(b':');
+                }
+                self.siblings.push(Sibling {
+                    key: k as u32,
+                    value: value as u32,
+                    text: (start, self.keys.len() as u32),
+                    skip: false,
+                });
             }
+            k = next;
         }
+        k
     }
 
-    /// Copies bytes into the arena outside any entry and returns their range.
+    /// Copies bytes aside, outside any entry, and returns their range.
     fn stash(&mut self, bytes: &[u8]) -> (u32, u32) {
-        let start = self.arena.len() as u32;
-        self.arena.extend_from_slice(bytes);
-        (start, self.arena.len() as u32)
+        let start = self.aside.len() as u32;
+        self.aside.extend_from_slice(bytes);
+        (start, self.aside.len() as u32)
     }
 
+    #[inline(never)]
     fn leaf(&mut self, flags: u8, write: impl FnOnce(&mut Vec<u8>)) {
-        let start = self.arena.len() as u32;
-        self.arena.extend_from_slice(self.path);
-        let path_end = self.arena.len() as u32;
-        self.arena.push(b':');
-        write(self.arena);
+        let out = if flags & UNDER_SIGNATURE == 0 {
+            if !self.arena.is_empty() {
+                self.arena.push(b';');
+            }
+            &mut *self.arena
+        } else {
+            &mut *self.aside
+        };
+        let start = out.len() as u32;
+        out.extend_from_slice(self.path);
+        let path_end = out.len() as u32;
+        out.push(b':');
+        write(out);
+        let end = out.len() as u32;
         self.entries.push(Entry {
             start,
             path_end,
-            end: self.arena.len() as u32,
+            end,
             flags,
         });
     }
+}
+
+/// A non-empty object or array: its key is followed by `:` in every path under it.
+fn is_container(node: Node<'_>) -> bool {
+    matches!(node, Node::Object { len, .. } | Node::Array { len, .. } if len > 0)
+}
+
+/// Appends `key` with every literal ':' doubled (PHP/Python/Java since PE-702).
+/// Returns whether the key is plain: no ':', whitespace or control byte, and no
+/// leading zero before a digit (see `Walk::collect_keys`).
+fn escape_key(key: &[u8], out: &mut Vec<u8>) -> bool {
+    if key.iter().all(|&b| b > b' ' && b != b':') {
+        out.extend_from_slice(key);
+        return !(key.len() > 1 && key[0] == b'0' && key[1].is_ascii_digit());
+    }
+    for &b in key {
+        if b == b':' {
+            out.push(b':');
+        }
+        out.push(b);
+    }
+    false
 }
 
 /// Scalars as PHP's `(string)` cast writes them (spec §4): booleans `1`/`0`, null
@@ -491,6 +624,13 @@ mod tests {
         let mut c = Canonicalizer::default();
         c.load(br#"{"a":{"b":1},"c":2,"a":3}"#).unwrap();
         assert_eq!(c.canonical(Order::Php), b"a:3;c:2");
+        c.load(br#"{"x":{"k":1,"k":{"m":2},"j":0,"k":3},"y":[{"a":1,"a":2}]}"#)
+            .unwrap();
+        assert_eq!(c.canonical(Order::Php), b"x:j:0;x:k:3;y:0:a:2");
+        c.load(br#"{"signature":"s","a":1,"signature":7}"#).unwrap();
+        assert_eq!(c.signature(), None);
+        c.load(br#"{"signature":7,"a":1,"signature":"t"}"#).unwrap();
+        assert_eq!(c.signature(), Some(&b"t"[..]));
     }
 
     #[test]
@@ -522,5 +662,75 @@ mod tests {
         assert_eq!(c.get(b"payment:id"), Some(&b"p1"[..]));
         assert_eq!(c.get(b"payment:x"), Some(&b""[..]));
         assert_eq!(c.get(b"payment"), None);
+    }
+
+    /// The walk's order, when it claims to be PHP's, equals the global natural sort,
+    /// on keys built to hit digits, leading zeros, whitespace, ':' and prefixes.
+    #[test]
+    fn walk_order_equals_the_global_sort() {
+        let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        fn value(depth: u32, next: &mut dyn FnMut(u64) -> u64, out: &mut String) {
+            const KEYS: [&str; 16] = [
+                "a", "a0", "a1", "a10", "a2", "0", "01", "1", "10", "2", "b", "a:x", "a b", "a_",
+                "A", "ab",
+            ];
+            match if depth > 2 { 3 } else { next(5) } {
+                0 | 1 => {
+                    out.push('{');
+                    for i in 0..next(5) {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        out.push_str(&format!("{:?}:", KEYS[next(16) as usize]));
+                        value(depth + 1, next, out);
+                    }
+                    out.push('}');
+                }
+                2 => {
+                    out.push('[');
+                    for i in 0..next(13) {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        value(depth + 1, next, out);
+                    }
+                    out.push(']');
+                }
+                _ => out.push_str(&next(100).to_string()),
+            }
+        }
+        let mut c = Canonicalizer::default();
+        let (mut fast, mut total) = (0, 0);
+        while total < 3000 {
+            let mut body = String::new();
+            value(0, &mut next, &mut body);
+            if !body.starts_with('{') {
+                continue;
+            }
+            total += 1;
+            c.load(body.as_bytes()).unwrap();
+            if c.needs_sort {
+                continue;
+            }
+            fast += 1;
+            let walked = c.canonical(Order::Php).to_vec();
+            c.needs_sort = true;
+            let sorted = c.canonical(Order::Php).to_vec();
+            assert_eq!(
+                String::from_utf8_lossy(&walked),
+                String::from_utf8_lossy(&sorted),
+                "{body}"
+            );
+        }
+        assert!(
+            fast > 500,
+            "only {fast} of {total} bodies took the walk's order"
+        );
     }
 }
