@@ -18,6 +18,23 @@ impl DedupKey {
     }
 }
 
+/// The key as stored: two u64 halves, so a bucket is 24 bytes (a u128 would align
+/// it to 32); all 128 bits are kept.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Stored(u64, u64);
+
+impl From<DedupKey> for Stored {
+    fn from(k: DedupKey) -> Self {
+        Stored(k.0 as u64, (k.0 >> 64) as u64)
+    }
+}
+
+impl std::hash::Hash for Stored {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0 ^ self.1);
+    }
+}
+
 /// The keys are already uniform digests: hashing them again is wasted work.
 #[derive(Default)]
 pub struct DigestHasher(u64);
@@ -27,21 +44,21 @@ impl Hasher for DigestHasher {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
-        // Only reached for non-u128 input; fold it so the hasher stays total.
+        // Only `write_u64` is used by `Stored`; fold anything else so it stays total.
         for chunk in bytes.chunks(8) {
             let mut b = [0u8; 8];
             b[..chunk.len()].copy_from_slice(chunk);
             self.0 = self.0.rotate_left(29) ^ u64::from_le_bytes(b);
         }
     }
-    fn write_u128(&mut self, v: u128) {
-        self.0 = v as u64 ^ (v >> 64) as u64;
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
     }
 }
 
 /// Durable keys with expiry in whole seconds since the Unix epoch (u32 lasts to 2106).
 pub struct DedupSet {
-    map: DashMap<u128, u32, BuildHasherDefault<DigestHasher>>,
+    map: DashMap<Stored, u32, BuildHasherDefault<DigestHasher>>,
 }
 
 impl Default for DedupSet {
@@ -59,11 +76,11 @@ impl DedupSet {
 
     /// True when `key` is durable and not expired at `now`.
     pub fn contains(&self, key: DedupKey, now: u32) -> bool {
-        self.map.get(&key.0).is_some_and(|exp| *exp > now)
+        self.map.get(&Stored::from(key)).is_some_and(|exp| *exp > now)
     }
 
     pub fn insert(&self, key: DedupKey, expires: u32) {
-        self.map.insert(key.0, expires);
+        self.map.insert(Stored::from(key), expires);
     }
 
     /// Forgets every key expired at `now`; returns how many.
