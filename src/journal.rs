@@ -6,8 +6,13 @@
 //! - Dedup key, event and its deliveries are written in one transaction: there is no
 //!   instant at which a key is durable without its event, or the reverse.
 //! - One writer thread group-commits whatever arrived while the previous commit ran.
+//! - Delivery updates commit in the order they were queued; `flush` resolves once
+//!   everything queued before it is durable.
 //!
-//! On disk (`{storage.dir}/cbgate.redb`, redb 4 with quick-repair):
+//! On disk (`{storage.dir}/cbgate.redb`, redb 4, one-phase commits: one fdatasync
+//! each). Quick-repair is off: it doubles the fsyncs (two-phase commit) to make
+//! recovery skip a full scan, but start-up verifies the whole file anyway
+//! (`storage.verify_on_open`), so it would buy nothing (BENCHMARKS.md):
 //! - `meta`: `"next_seq" -> u64`.
 //! - `events`: `seq -> record` (see `Event::encode`).
 //! - `dedup`: `(expires_s, key) -> ()`, ordered by expiry so a sweep is a range delete.
@@ -187,6 +192,17 @@ pub enum DeliveryUpdate {
     },
 }
 
+/// Pending deliveries of one endpoint, read in one transaction.
+pub struct PendingPage {
+    /// `(event, state)` in seq order.
+    pub rows: Vec<(Event, Vec<u8>)>,
+    /// Rows scanned (matching or not) ended before `limit` was reached: nothing
+    /// further is pending for the endpoint as of this read.
+    pub complete: bool,
+    /// The journal's `next_seq` at this read: every seq below it was committed.
+    pub next_seq: u64,
+}
+
 /// What one commit writes.
 #[derive(Default)]
 pub struct Group {
@@ -222,6 +238,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<(String, u64, Vec<u8>)>, JournalError>;
     /// The delivery state of `seq` at `endpoint`, pending or dead.
     fn delivery(&self, seq: u64, endpoint: &str) -> Result<Option<(bool, Vec<u8>)>, JournalError>;
+    /// Up to `limit` pending deliveries of `endpoint` with seq `>= from`, with their
+    /// events. Scans every pending row from `from` on (rows are keyed by seq first).
+    fn pending(&self, endpoint: &str, from: u64, limit: usize)
+    -> Result<PendingPage, JournalError>;
 }
 
 /// The embedded engine: one redb file.
@@ -266,7 +286,7 @@ impl RedbStore {
     fn init(&self) -> Result<(), JournalError> {
         let mut tx = self.db.begin_write()?;
         tx.set_durability(Durability::Immediate)?;
-        tx.set_quick_repair(true);
+        tx.set_quick_repair(false);
         {
             let mut meta = tx.open_table(META)?;
             if meta.get("next_seq")?.is_none() {
@@ -317,7 +337,7 @@ impl Store for RedbStore {
     fn commit(&self, group: &Group) -> Result<(), JournalError> {
         let mut tx = self.db.begin_write()?;
         tx.set_durability(Durability::Immediate)?;
-        tx.set_quick_repair(true);
+        tx.set_quick_repair(false);
         {
             let mut events = tx.open_table(EVENTS)?;
             let mut dedup = tx.open_table(DEDUP)?;
@@ -455,6 +475,57 @@ impl Store for RedbStore {
             .get((endpoint, seq))?
             .map(|v| (true, v.value().to_vec())))
     }
+
+    fn pending(
+        &self,
+        endpoint: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<PendingPage, JournalError> {
+        self.pending_rows(endpoint, from, limit)
+    }
+}
+
+impl RedbStore {
+    fn pending_rows(
+        &self,
+        endpoint: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<PendingPage, JournalError> {
+        let tx = self.db.begin_read()?;
+        let next_seq = tx
+            .open_table(META)?
+            .get("next_seq")?
+            .map(|v| v.value())
+            .unwrap_or(1);
+        let deliveries = tx.open_table(DELIVERIES)?;
+        let events = tx.open_table(EVENTS)?;
+        let mut rows = Vec::new();
+        let mut complete = true;
+        for row in deliveries.range((from, "")..)? {
+            let (k, v) = row?;
+            let (seq, ep) = k.value();
+            if ep != endpoint {
+                continue;
+            }
+            if rows.len() >= limit {
+                complete = false;
+                break;
+            }
+            // A pending row without its event would be a journal bug; skip it loudly
+            // rather than stall the endpoint.
+            match events.get(seq)? {
+                Some(raw) => rows.push((Event::decode(seq, raw.value())?, v.value().to_vec())),
+                None => tracing::error!(seq, endpoint, "pending delivery without its event"),
+            }
+        }
+        Ok(PendingPage {
+            rows,
+            complete,
+            next_seq,
+        })
+    }
 }
 
 fn is_dead(dead: &redb::Table<(&str, u64), &[u8]>, seq: u64) -> Result<bool, JournalError> {
@@ -487,6 +558,8 @@ enum Op {
     Append(Callback, oneshot::Sender<Result<Outcome, SubmitError>>),
     Update(DeliveryUpdate),
     Sweep(u32),
+    /// Answer once everything queued before it is durable.
+    Flush(oneshot::Sender<Result<(), JournalError>>),
     /// Commit what is queued, then stop.
     Close,
 }
@@ -600,6 +673,15 @@ impl Journal {
             .map_err(|_| JournalError::Closed)
     }
 
+    /// Resolves once every update queued before this call is durable (or failed).
+    pub async fn flush(&self) -> Result<(), JournalError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Op::Flush(tx))
+            .map_err(|_| JournalError::Closed)?;
+        rx.await.map_err(|_| JournalError::Closed)?
+    }
+
     /// Asks the writer to commit everything queued and stop (shutdown, after ingress
     /// stopped taking callbacks). Later submissions answer 503.
     pub fn close(&self) {
@@ -662,6 +744,7 @@ impl Writer {
             };
             let mut group = Group::default();
             let mut replies: Vec<Reply> = Vec::new();
+            let mut flushes = Vec::new();
             batch_keys.clear();
             let now = now_s();
             let expires = now.saturating_add(self.window.as_secs() as u32);
@@ -693,6 +776,7 @@ impl Writer {
                     }
                     Op::Update(u) => group.updates.push(u),
                     Op::Sweep(before) => group.sweep_before = Some(before),
+                    Op::Flush(reply) => flushes.push(reply),
                     Op::Close => closing = true,
                 }
                 if replies.len() + group.updates.len() < self.max_batch {
@@ -700,6 +784,17 @@ impl Writer {
                 }
             }
             group.next_seq = self.next_seq;
+            if group.events.is_empty()
+                && group.updates.is_empty()
+                && group.sweep_before.is_none()
+                && replies.is_empty()
+            {
+                // Only flushes: everything before them was committed by earlier groups.
+                for reply in flushes {
+                    let _ = reply.send(Ok(()));
+                }
+                continue;
+            }
             let started = Instant::now();
             let result = self.store.commit(&group);
             metrics::histogram!(m::JOURNAL_COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
@@ -712,6 +807,9 @@ impl Writer {
                     for (reply, outcome) in replies {
                         let _ = reply.send(Ok(outcome));
                     }
+                    for reply in flushes {
+                        let _ = reply.send(Ok(()));
+                    }
                     if let Some(accepted) = &self.accepted {
                         for (event, _) in group.events {
                             let _ = accepted.send(Arc::new(event));
@@ -721,13 +819,17 @@ impl Writer {
                 Err(e) => {
                     metrics::counter!(m::JOURNAL_ERRORS_TOTAL).increment(1);
                     tracing::error!(error = %e, events = group.events.len(), "journal commit failed; answering 503");
-                    // Nothing of this group is durable: take back the sequence numbers
-                    // and the delivery updates are retried by their owners.
+                    // Nothing of this group is durable: take back the sequence numbers.
+                    // Its delivery updates are lost: those rows keep their last durable
+                    // state, so at worst a delivery is repeated after a restart.
                     self.next_seq -= group.events.len() as u64;
                     for (reply, _) in replies {
                         let _ = reply.send(Err(SubmitError::Journal(JournalError::Storage(
                             e.to_string(),
                         ))));
+                    }
+                    for reply in flushes {
+                        let _ = reply.send(Err(JournalError::Storage(e.to_string())));
                     }
                 }
             }
