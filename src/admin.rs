@@ -2,8 +2,8 @@
 //! open; everything under `/admin/` behind `Authorization: Bearer <token>`,
 //! compared in constant time.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode, header};
@@ -19,7 +19,8 @@ pub struct Admin {
     pub metrics: PrometheusHandle,
     /// False while starting, recovering or draining.
     pub ready: Arc<AtomicBool>,
-    pub journal: Journal,
+    /// Set once the journal is recovered (the admin listener is up before that).
+    pub journal: OnceLock<Journal>,
 }
 
 impl Admin {
@@ -34,8 +35,10 @@ impl Admin {
                 }
             }
             "/metrics" => {
-                metrics::gauge!(m::DEDUP_KEYS).set(self.journal.dedup_len() as f64);
-                metrics::gauge!(m::JOURNAL_QUEUE_DEPTH).set(self.journal.queued() as f64);
+                if let Some(journal) = self.journal.get() {
+                    metrics::gauge!(m::DEDUP_KEYS).set(journal.dedup_len() as f64);
+                    metrics::gauge!(m::JOURNAL_QUEUE_DEPTH).set(journal.queued() as f64);
+                }
                 let mut r = text(StatusCode::OK, self.metrics.render());
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,

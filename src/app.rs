@@ -3,8 +3,8 @@
 //! drain requests → last journal commit → exit, all under the grace period.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -47,6 +47,45 @@ pub async fn run(
         Projects::build(&config).map_err(AppError::Config)?,
     ));
 
+    let bind = |addr: std::net::SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|error| AppError::Bind {
+                addr: addr.to_string(),
+                error,
+            })
+    };
+    // The admin listener comes up first, so /readyz answers 503 while the journal
+    // recovers.
+    let admin_listener = bind(config.server.admin_listen).await?;
+    let limits = Limits::from_config(&config.server);
+    let admin = Arc::new(Admin {
+        token: config
+            .server
+            .admin_token
+            .as_ref()
+            .map(|t| t.resolve())
+            .transpose()
+            .map_err(AppError::Config)?,
+        metrics,
+        ready: ready.clone(),
+        journal: OnceLock::new(),
+    });
+    let admin_stop = CancellationToken::new();
+    let admin_server = {
+        let admin = admin.clone();
+        tokio::spawn(http::serve(
+            admin_listener,
+            Limits {
+                max_connections: 64,
+                ..limits
+            },
+            move |req| admin.clone().handle(req),
+            admin_stop.clone(),
+            Duration::from_secs(1),
+        ))
+    };
+
     let storage = config.storage.clone();
     let store =
         tokio::task::spawn_blocking(move || RedbStore::open(&storage.dir, storage.verify_on_open))
@@ -59,25 +98,16 @@ pub async fn run(
         config.storage.max_pending,
         None,
     )?;
+    let _ = admin.journal.set(journal.clone());
 
-    let bind = |addr: std::net::SocketAddr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|error| AppError::Bind {
-                addr: addr.to_string(),
-                error,
-            })
-    };
     let listener = bind(config.server.listen).await?;
-    let admin_listener = bind(config.server.admin_listen).await?;
     tracing::info!(
-        listen = %listener.local_addr().map_err(|e| AppError::Config(e.to_string()))?,
-        admin = %admin_listener.local_addr().map_err(|e| AppError::Config(e.to_string()))?,
+        listen = %config.server.listen,
+        admin = %config.server.admin_listen,
         projects = config.projects.len(),
         "cbgate serving"
     );
 
-    let limits = Limits::from_config(&config.server);
     let ingress = Arc::new(Ingress {
         projects: projects.clone(),
         verifier: Verifier::new(
@@ -90,18 +120,6 @@ pub async fn run(
         limits,
         access_log: config.log.access,
     });
-    let admin = Arc::new(Admin {
-        token: config
-            .server
-            .admin_token
-            .as_ref()
-            .map(|t| t.resolve())
-            .transpose()
-            .map_err(AppError::Config)?,
-        metrics,
-        ready: ready.clone(),
-        journal: journal.clone(),
-    });
 
     let stop_accepting = CancellationToken::new();
     let platform = tokio::spawn(http::serve(
@@ -110,17 +128,6 @@ pub async fn run(
         move |req| ingress.clone().handle(req),
         stop_accepting.clone(),
         GRACE,
-    ));
-    let admin_stop = CancellationToken::new();
-    let admin_server = tokio::spawn(http::serve(
-        admin_listener,
-        Limits {
-            max_connections: 64,
-            ..limits
-        },
-        move |req| admin.clone().handle(req),
-        admin_stop.clone(),
-        Duration::from_secs(1),
     ));
     let sweeper = {
         let journal = journal.clone();

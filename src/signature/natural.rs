@@ -36,26 +36,6 @@ pub fn compare(a: &[u8], b: &[u8]) -> Ordering {
     full(a, b)
 }
 
-/// Index of the first differing byte (or the shorter length), eight bytes a step:
-/// paths share long prefixes (`operation:sum_initial:`), and this runs in every
-/// comparison of the sort.
-fn first_mismatch(a: &[u8], b: &[u8]) -> usize {
-    let n = a.len().min(b.len());
-    let mut i = 0;
-    while i + 8 <= n {
-        let x = u64::from_le_bytes(a[i..i + 8].try_into().expect("8 bytes"));
-        let y = u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
-        if x != y {
-            return i + ((x ^ y).trailing_zeros() / 8) as usize;
-        }
-        i += 8;
-    }
-    while i < n && a[i] == b[i] {
-        i += 1;
-    }
-    i
-}
-
 /// The C algorithm, step by step.
 fn full(a: &[u8], b: &[u8]) -> Ordering {
     if a.is_empty() || b.is_empty() {
