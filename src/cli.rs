@@ -43,8 +43,11 @@ enum Command {
         #[arg(long)]
         secret: String,
         /// Print the canonical string instead of the signature.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "attach")]
         canonical: bool,
+        /// Print the payload with its `signature` attached (ready to POST).
+        #[arg(long)]
+        attach: bool,
         /// The payload file, or - for standard input.
         #[arg(default_value = "-")]
         file: String,
@@ -90,10 +93,16 @@ pub fn main() -> ExitCode {
         Command::Sign {
             secret,
             canonical,
+            attach,
             file,
         } => run(|| {
             let secret = resolve_secret(&secret)?;
             let body = read_input(&file)?;
+            if attach {
+                let signed = signature::attach(&body, &secret).map_err(|e| e.to_string())?;
+                println!("{}", String::from_utf8_lossy(&signed));
+                return Ok(ExitCode::SUCCESS);
+            }
             let mut canon = Canonicalizer::default();
             canon.load(&body).map_err(|e| e.to_string())?;
             let text = canon.canonical(signature::Order::Signer);
