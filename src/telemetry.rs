@@ -14,6 +14,7 @@ pub fn init(log: &Log) -> Option<WorkerGuard> {
         .lossy(false)
         .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(filter)
         .with_writer(writer);
     let installed = match log.format {
