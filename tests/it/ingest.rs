@@ -369,3 +369,45 @@ fn a_damaged_journal_recovers_everything_or_refuses_to_start() {
         );
     }
 }
+
+#[test]
+fn a_full_journal_queue_answers_503_and_every_200_is_durable() {
+    let mut g = Gateway::start_config(&projects(), "", "max_pending = 1\nmax_batch = 1");
+    let dir = g.data_dir();
+    let bodies = Arc::new(distinct(90_000, 2000));
+    let answers = Arc::new(Mutex::new(Vec::new()));
+    let threads: Vec<_> = (0..16)
+        .map(|c| {
+            let (bodies, answers, addr) = (bodies.clone(), answers.clone(), g.addr);
+            std::thread::spawn(move || {
+                let mut conn = Conn::open(addr).unwrap();
+                for i in (c..bodies.len()).step_by(16) {
+                    let (status, body) = conn.post("/callbacks", &bodies[i]).unwrap();
+                    answers.lock().unwrap().push((i, status, body));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let answers = answers.lock().unwrap();
+    let busy: Vec<_> = answers.iter().filter(|a| a.1 == 503).collect();
+    assert!(!busy.is_empty(), "no backpressure with a queue of 1");
+    assert!(busy.iter().all(|a| a.2.contains("journal queue is full")));
+    assert!(answers.iter().all(|a| a.1 == 200 || a.1 == 503));
+    assert!(g.metric("cbgate_backpressure_rejections_total", &[]) >= busy.len() as f64);
+    let accepted: Vec<usize> = answers.iter().filter(|a| a.1 == 200).map(|a| a.0).collect();
+    g.kill();
+    let stored: std::collections::HashSet<Vec<u8>> = journal_events(&dir)
+        .into_iter()
+        .map(|e| e.body.to_vec())
+        .collect();
+    for i in accepted {
+        assert!(
+            stored.contains(&bodies[i]),
+            "#{i} got 200 but is not in the journal"
+        );
+    }
+    eprintln!("{} of {} answered 503", busy.len(), answers.len());
+}

@@ -160,12 +160,17 @@ impl Gateway {
 
     /// As `start`, with extra `[server]` keys.
     pub fn start_with(projects: &str, server_extra: &str) -> Gateway {
+        Self::start_config(projects, server_extra, "")
+    }
+
+    /// As `start`, with extra `[server]` and `[storage]` keys.
+    pub fn start_config(projects: &str, server_extra: &str, storage_extra: &str) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let addr = free_addr();
         let admin = free_addr();
         let config = format!(
             "[server]\nlisten = \"{addr}\"\nadmin_listen = \"{admin}\"\nadmin_token = \"{ADMIN_TOKEN}\"\n{server_extra}\n\
-             [storage]\ndir = \"{}\"\n\n[log]\nlevel = \"info\"\n\n{projects}\n",
+             [storage]\ndir = \"{}\"\n{storage_extra}\n\n[log]\nlevel = \"info\"\n\n{projects}\n",
             dir.path().join("data").display()
         );
         let config_path = dir.path().join("cbgate.toml");
