@@ -1,17 +1,21 @@
 //! The operator listener (127.0.0.1 by default): `/healthz`, `/readyz`, `/metrics`
 //! open; everything under `/admin/` behind `Authorization: Bearer <token>`,
-//! compared in constant time.
+//! compared in constant time: endpoints' delivery state, pause/resume, dead letters
+//! (paged) and their replay, one event with its attempts.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode, header};
+use hyper::{Method, Request, Response, StatusCode, header};
 use metrics_exporter_prometheus::PrometheusHandle;
 use ring::digest;
 
+use serde_json::{Value, json as js};
+
+use crate::delivery::{self, Delivery};
 use crate::http::{Body, json, text};
-use crate::journal::Journal;
+use crate::journal::{Journal, JournalError};
 use crate::metrics as m;
 
 pub struct Admin {
@@ -21,6 +25,8 @@ pub struct Admin {
     pub ready: Arc<AtomicBool>,
     /// Set once the journal is recovered (the admin listener is up before that).
     pub journal: OnceLock<Journal>,
+    /// Set with the journal.
+    pub delivery: OnceLock<Delivery>,
 }
 
 impl Admin {
@@ -53,7 +59,22 @@ impl Admin {
                         r#"{"error":"missing or wrong bearer token"}"#,
                     );
                 }
-                json(StatusCode::NOT_FOUND, r#"{"error":"no such admin route"}"#)
+                let (Some(journal), Some(delivery)) = (self.journal.get(), self.delivery.get())
+                else {
+                    return json(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        r#"{"error":"the journal is still recovering"}"#,
+                    );
+                };
+                let query = Query(req.uri().query().unwrap_or_default().to_string());
+                let path = path.trim_start_matches("/admin/").to_string();
+                match deliveries(req.method(), &path, &query, journal, delivery).await {
+                    Ok((status, body)) => json(status, body.to_string()),
+                    Err(e) => json(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        js!({ "error": e.to_string() }).to_string(),
+                    ),
+                }
             }
             _ => json(StatusCode::NOT_FOUND, r#"{"error":"no such route"}"#),
         }
@@ -73,6 +94,171 @@ impl Admin {
     }
 }
 
+/// The delivery routes under `/admin/`, `path` without that prefix:
+/// - `GET endpoints`: every endpoint's delivery state.
+/// - `POST endpoints/{project}/{name}/pause` and `.../resume`.
+/// - `POST endpoints/{project}/{name}/replay[/{seq}]`: all dead letters, or one.
+/// - `GET dead-letters?endpoint=1234/ledger&after=1234/ledger:17&limit=100`.
+/// - `GET events/{seq}`: the event, and per endpoint pending/dead/delivered with
+///   its attempts.
+async fn deliveries(
+    method: &Method,
+    path: &str,
+    query: &Query,
+    journal: &Journal,
+    delivery: &Delivery,
+) -> Result<(StatusCode, Value), JournalError> {
+    let parts: Vec<&str> = path.split('/').collect();
+    let not_found = |what: &str| Ok((StatusCode::NOT_FOUND, js!({ "error": what })));
+    match (method, parts.as_slice()) {
+        (&Method::GET, ["endpoints"]) => Ok((StatusCode::OK, js!(delivery.status().await))),
+        (&Method::POST, ["endpoints", project, name, action @ ("pause" | "resume")]) => {
+            let key = format!("{project}/{name}");
+            if delivery.pause(&key, *action == "pause") {
+                Ok((
+                    StatusCode::OK,
+                    js!({ "endpoint": key, "paused": *action == "pause" }),
+                ))
+            } else {
+                not_found("no such endpoint")
+            }
+        }
+        (&Method::POST, ["endpoints", project, name, "replay", rest @ ..]) => {
+            let key = format!("{project}/{name}");
+            let seq = match rest {
+                [] => None,
+                [seq] => match seq.parse() {
+                    Ok(s) => Some(s),
+                    Err(_) => return not_found("no such event"),
+                },
+                _ => return not_found("no such admin route"),
+            };
+            if !delivery.knows(&key) {
+                return not_found("no such endpoint");
+            }
+            let replayed = delivery.replay(&key, seq).await?;
+            if seq.is_some() && replayed == 0 {
+                return not_found("no such dead letter");
+            }
+            Ok((
+                StatusCode::OK,
+                js!({ "endpoint": key, "replayed": replayed }),
+            ))
+        }
+        (&Method::GET, ["dead-letters"]) => {
+            let limit = query
+                .get("limit")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(100usize)
+                .clamp(1, 1000);
+            let after = query.get("after").and_then(|a| {
+                let (ep, seq) = a.rsplit_once(':')?;
+                Some((ep.to_string(), seq.parse().ok()?))
+            });
+            let endpoint = query.get("endpoint");
+            let store = journal.store().clone();
+            let rows = tokio::task::spawn_blocking(move || {
+                store.dead_letters(endpoint.as_deref(), after, limit)
+            })
+            .await
+            .map_err(|e| JournalError::Storage(e.to_string()))??;
+            let next = (rows.len() == limit)
+                .then(|| rows.last().map(|(ep, seq, _)| format!("{ep}:{seq}")))
+                .flatten();
+            let items: Vec<Value> = rows
+                .iter()
+                .map(|(ep, seq, raw)| {
+                    js!({ "endpoint": ep, "seq": seq, "state": delivery::State::decode(raw, 0) })
+                })
+                .collect();
+            Ok((StatusCode::OK, js!({ "items": items, "next": next })))
+        }
+        (&Method::GET, ["events", seq]) => {
+            let Ok(seq) = seq.parse::<u64>() else {
+                return not_found("no such event");
+            };
+            let store = journal.store().clone();
+            let found = tokio::task::spawn_blocking(move || {
+                let Some(event) = store.event(seq)? else {
+                    return Ok(None);
+                };
+                let deliveries = event
+                    .endpoints
+                    .iter()
+                    .map(|ep| Ok((ep.clone(), store.delivery(seq, ep)?)))
+                    .collect::<Result<Vec<_>, JournalError>>()?;
+                Ok::<_, JournalError>(Some((event, deliveries)))
+            })
+            .await
+            .map_err(|e| JournalError::Storage(e.to_string()))??;
+            let Some((event, rows)) = found else {
+                return not_found("no such event (unknown, or delivered everywhere)");
+            };
+            let deliveries: Vec<Value> = rows
+                .into_iter()
+                .map(|(ep, row)| match row {
+                    None => js!({ "endpoint": ep, "status": "delivered" }),
+                    Some((dead, raw)) => js!({
+                        "endpoint": ep,
+                        "status": if dead { "dead" } else { "pending" },
+                        "state": delivery::State::decode(&raw, event.accepted_ms),
+                    }),
+                })
+                .collect();
+            let body = serde_json::from_slice::<Value>(&event.body)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&event.body).into()));
+            Ok((
+                StatusCode::OK,
+                js!({
+                    "seq": event.seq,
+                    "accepted_ms": event.accepted_ms,
+                    "project": event.project,
+                    "webhook_id": delivery::webhook_id(&event),
+                    "order_key": event.order_key,
+                    "deliveries": deliveries,
+                    "body": body,
+                }),
+            ))
+        }
+        _ => not_found("no such admin route"),
+    }
+}
+
+/// A URL query string, percent-decoded on lookup.
+struct Query(String);
+
+impl Query {
+    fn get(&self, name: &str) -> Option<String> {
+        self.0.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k == name).then(|| percent_decode(v))
+        })
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Compares digests of both sides, so neither length nor content leaks by timing.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let da = digest::digest(&digest::SHA256, a);
@@ -82,4 +268,19 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         .zip(db.as_ref())
         .fold(0u8, |acc, (x, y)| acc | (x ^ y))
         == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        let q = Query("endpoint=1234%2Fledger&after=1234/ledger:17&limit=5&bad=%zz%".into());
+        assert_eq!(q.get("endpoint").as_deref(), Some("1234/ledger"));
+        assert_eq!(q.get("after").as_deref(), Some("1234/ledger:17"));
+        assert_eq!(q.get("limit").as_deref(), Some("5"));
+        assert_eq!(q.get("bad").as_deref(), Some("%zz%"));
+        assert_eq!(q.get("missing"), None);
+    }
 }

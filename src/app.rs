@@ -1,6 +1,7 @@
 //! Wires the parts together and owns the order of start and shutdown:
-//! recover the journal → bind → ready; on signal: not ready → stop accepting and
-//! drain requests → last journal commit → exit, all under the grace period.
+//! recover the journal → start delivery → bind → ready; on signal: not ready → stop
+//! accepting and drain requests → stop delivery → last journal commit → exit, all
+//! under the grace period.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::Admin;
 use crate::config::Config;
+use crate::delivery::Delivery;
 use crate::http::{self, Limits};
 use crate::ingress::Ingress;
 use crate::journal::{Journal, JournalError, RedbStore};
@@ -70,6 +72,7 @@ pub async fn run(
         metrics,
         ready: ready.clone(),
         journal: OnceLock::new(),
+        delivery: OnceLock::new(),
     });
     let admin_stop = CancellationToken::new();
     let admin_server = {
@@ -91,14 +94,26 @@ pub async fn run(
         tokio::task::spawn_blocking(move || RedbStore::open(&storage.dir, storage.verify_on_open))
             .await
             .expect("journal open does not panic")?;
-    let (journal, _pending, writer) = Journal::start(
+    // Unbounded: the dispatcher moves events on at once to the endpoint workers,
+    // which bound their own memory; a full channel would stall the journal writer.
+    let (accepted, accepted_rx) = crossbeam_channel::unbounded();
+    let (journal, pending, writer) = Journal::start(
         Arc::new(store),
         config.storage.dedup_window,
         config.storage.max_batch,
         config.storage.max_pending,
-        None,
+        Some(accepted),
     )?;
+    let delivery = Delivery::start(
+        &config.delivery,
+        journal.clone(),
+        projects.clone(),
+        &pending,
+        accepted_rx,
+    );
+    drop(pending);
     let _ = admin.journal.set(journal.clone());
+    let _ = admin.delivery.set(delivery.clone());
 
     let listener = bind(config.server.listen).await?;
     tracing::info!(
@@ -150,12 +165,18 @@ pub async fn run(
     ready.store(true, Ordering::Release);
 
     shutdown.cancelled().await;
+    let stopping = std::time::Instant::now();
     tracing::info!("shutting down: draining requests");
     ready.store(false, Ordering::Release);
     stop_accepting.cancel();
     let _ = platform.await;
     sweeper.abort();
     reloader.abort();
+    // Delivery outcomes are journal updates: stop delivery before the last commit.
+    let left = GRACE.saturating_sub(stopping.elapsed());
+    delivery
+        .shutdown(left.max(Duration::from_millis(500)))
+        .await;
     journal.close();
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     admin_stop.cancel();

@@ -123,6 +123,9 @@ pub struct Delivery {
     pub breaker_failures: u32,
     #[serde(deserialize_with = "duration")]
     pub breaker_cooldown: Duration,
+    /// Deliveries one endpoint holds in memory; a larger backlog stays in the journal
+    /// and is read back as the endpoint catches up.
+    pub max_queued: usize,
 }
 
 impl Default for Delivery {
@@ -137,6 +140,7 @@ impl Default for Delivery {
             max_in_flight: 64,
             breaker_failures: 5,
             breaker_cooldown: s(30),
+            max_queued: 10_000,
         }
     }
 }
@@ -394,6 +398,9 @@ impl Config {
         }
         if d.max_in_flight == 0 {
             out.push("delivery.max_in_flight: must be at least 1".into());
+        }
+        if d.max_queued == 0 {
+            out.push("delivery.max_queued: must be at least 1".into());
         }
         let mut ids = HashSet::new();
         for (i, p) in self.projects.iter().enumerate() {

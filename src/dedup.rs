@@ -76,7 +76,9 @@ impl DedupSet {
 
     /// True when `key` is durable and not expired at `now`.
     pub fn contains(&self, key: DedupKey, now: u32) -> bool {
-        self.map.get(&Stored::from(key)).is_some_and(|exp| *exp > now)
+        self.map
+            .get(&Stored::from(key))
+            .is_some_and(|exp| *exp > now)
     }
 
     pub fn insert(&self, key: DedupKey, expires: u32) {

@@ -7,6 +7,7 @@
 //! - `verifier`: where signature checks run; `callback`: the verified callback.
 //! - `dedup`, `journal`: durable keys and the group-committed redb journal.
 //! - `terminal`: verify/check_deposit under a budget; `webhook`: outbound signatures.
+//! - `delivery`: fan-out to merchant endpoints, retries, breaker, dead letters.
 //! - `app`: start and shutdown order; `cli`: the subcommands.
 //!
 //! Life of a callback: `http` reads the body into one `Bytes` → `verifier` runs
@@ -19,6 +20,7 @@ pub mod callback;
 pub mod cli;
 pub mod config;
 pub mod dedup;
+pub mod delivery;
 pub mod http;
 pub mod ingress;
 pub mod journal;

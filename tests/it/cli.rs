@@ -35,7 +35,16 @@ fn sign_prints_the_vector_signature_for_every_seed_example() {
             v.name
         );
         // --attach prints a body that verifies.
-        let out = run(&["sign", "--secret", &v.secret, "--attach", file.to_str().unwrap()], b"");
+        let out = run(
+            &[
+                "sign",
+                "--secret",
+                &v.secret,
+                "--attach",
+                file.to_str().unwrap(),
+            ],
+            b"",
+        );
         let ok = run(&["verify", "--secret", &v.secret], &out.stdout);
         assert_eq!(ok.status.code(), Some(0), "{}", v.name);
         // The same from standard input.

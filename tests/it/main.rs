@@ -1,5 +1,7 @@
 //! cbgate's integration tests: the real binary and servers on 127.0.0.1, real HTTP.
 mod cli;
+mod delivery;
+mod endpoint;
 mod ingest;
 mod lifecycle;
 mod signature;

@@ -1,0 +1,205 @@
+//! One endpoint's in-memory queue: a FIFO lane per order key (payment), and a timer
+//! set holding only lane heads, so a retrying head holds back its own payment and
+//! nothing else.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::attempt::State;
+use crate::journal::Event;
+
+/// A pending delivery held in memory.
+#[derive(Debug)]
+pub struct Job {
+    pub event: Arc<Event>,
+    pub state: State,
+    pub due: Instant,
+}
+
+#[derive(Debug, Default)]
+pub struct Queue {
+    lanes: HashMap<String, VecDeque<Job>>,
+    /// `(due, seq)` of every lane head that waits for its time (not in flight).
+    timers: BTreeSet<(Instant, u64)>,
+    /// Every seq in memory → its lane.
+    index: HashMap<u64, String>,
+}
+
+impl Queue {
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn contains(&self, seq: u64) -> bool {
+        self.index.contains_key(&seq)
+    }
+
+    /// Appends `job` to its lane; it waits for the jobs before it.
+    pub fn push(&mut self, job: Job) {
+        let seq = job.event.seq;
+        if self.index.contains_key(&seq) {
+            return;
+        }
+        let key = job.event.order_key.clone();
+        let lane = self.lanes.entry(key.clone()).or_default();
+        if lane.is_empty() {
+            self.timers.insert((job.due, seq));
+        }
+        lane.push_back(job);
+        self.index.insert(seq, key);
+    }
+
+    /// The earliest waiting head: `(due, seq)`.
+    pub fn next_due(&self) -> Option<(Instant, u64)> {
+        self.timers.first().copied()
+    }
+
+    /// Takes the head `seq` off the timers (it goes in flight); it stays at the head
+    /// of its lane until `finish` or `reschedule`.
+    pub fn start(&mut self, seq: u64) -> Option<&Job> {
+        let key = self.index.get(&seq)?;
+        let job = self
+            .lanes
+            .get(key)?
+            .front()
+            .filter(|j| j.event.seq == seq)?;
+        self.timers.remove(&(job.due, seq));
+        Some(job)
+    }
+
+    /// The head `seq` is done (delivered or dead, in flight or not): its lane's next
+    /// job becomes due.
+    pub fn finish(&mut self, seq: u64) -> Option<Job> {
+        let key = self.index.remove(&seq)?;
+        let lane = self.lanes.get_mut(&key)?;
+        debug_assert_eq!(lane.front().map(|j| j.event.seq), Some(seq));
+        let job = lane.pop_front();
+        if let Some(job) = &job {
+            self.timers.remove(&(job.due, seq));
+        }
+        match lane.front() {
+            Some(next) => {
+                self.timers.insert((next.due, next.event.seq));
+            }
+            None => {
+                self.lanes.remove(&key);
+            }
+        }
+        job
+    }
+
+    /// The head `seq` waits until `due` again, with `state` (when it changed).
+    pub fn reschedule(&mut self, seq: u64, due: Instant, state: Option<State>) {
+        let Some(key) = self.index.get(&seq) else {
+            return;
+        };
+        let Some(job) = self.lanes.get_mut(key).and_then(|l| l.front_mut()) else {
+            return;
+        };
+        self.timers.remove(&(job.due, seq));
+        job.due = due;
+        if let Some(state) = state {
+            job.state = state;
+        }
+        self.timers.insert((due, seq));
+    }
+
+    pub fn state(&self, seq: u64) -> Option<&State> {
+        let key = self.index.get(&seq)?;
+        self.lanes
+            .get(key)?
+            .front()
+            .filter(|j| j.event.seq == seq)
+            .map(|j| &j.state)
+    }
+
+    /// Acceptance time of the oldest event in memory (lane heads are the oldest of
+    /// their lanes).
+    pub fn oldest_accepted_ms(&self) -> Option<u64> {
+        self.lanes
+            .values()
+            .filter_map(|l| l.front())
+            .map(|j| j.event.accepted_ms)
+            .min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dedup::DedupKey;
+    use bytes::Bytes;
+    use std::time::Duration;
+
+    fn job(seq: u64, key: &str, due: Instant) -> Job {
+        Job {
+            event: Arc::new(Event {
+                seq,
+                accepted_ms: seq,
+                project: 1,
+                dedup: DedupKey(seq as u128),
+                order_key: key.into(),
+                endpoints: vec!["1/a".into()],
+                body: Bytes::new(),
+            }),
+            state: State::default(),
+            due,
+        }
+    }
+
+    #[test]
+    fn a_retrying_head_holds_back_its_payment_only() {
+        let t = Instant::now();
+        let mut q = Queue::default();
+        q.push(job(1, "p/A", t));
+        q.push(job(2, "p/B", t));
+        q.push(job(3, "p/A", t));
+        q.push(job(4, "p/B", t));
+        assert_eq!(q.len(), 4);
+        // Both heads are due; A's later event is not.
+        assert_eq!(q.next_due(), Some((t, 1)));
+        q.start(1);
+        assert_eq!(q.next_due(), Some((t, 2)));
+        q.start(2);
+        assert_eq!(q.next_due(), None, "seq 3 and 4 wait behind their heads");
+        // A fails and retries later; B succeeds and its next event is due at once.
+        q.reschedule(1, t + Duration::from_secs(5), None);
+        q.finish(2);
+        assert_eq!(q.next_due(), Some((t, 4)));
+        q.start(4);
+        q.finish(4);
+        assert_eq!(q.next_due(), Some((t + Duration::from_secs(5), 1)));
+        q.start(1);
+        assert_eq!(q.finish(1).map(|j| j.event.seq), Some(1));
+        assert_eq!(q.next_due(), Some((t, 3)));
+        assert_eq!(q.oldest_accepted_ms(), Some(3));
+        q.start(3);
+        q.finish(3);
+        assert_eq!(q.len(), 0);
+        assert_eq!(q.next_due(), None);
+    }
+
+    #[test]
+    fn a_head_finished_while_waiting_leaves_the_timers() {
+        // A dead letter taken off while its circuit is open was never started.
+        let t = Instant::now();
+        let mut q = Queue::default();
+        q.push(job(1, "p/A", t));
+        q.push(job(2, "p/B", t + Duration::from_secs(1)));
+        q.finish(1);
+        assert_eq!(q.next_due(), Some((t + Duration::from_secs(1), 2)));
+        assert!(q.start(1).is_none());
+    }
+
+    #[test]
+    fn a_seq_already_held_is_not_queued_twice() {
+        let t = Instant::now();
+        let mut q = Queue::default();
+        q.push(job(7, "p/A", t));
+        q.push(job(7, "p/A", t));
+        assert_eq!(q.len(), 1);
+        assert!(q.contains(7));
+    }
+}

@@ -1,0 +1,202 @@
+//! A merchant endpoint for delivery tests: a real HTTP/1.1 server on 127.0.0.1
+//! (keep-alive, a thread per connection) that records every request and answers as
+//! the test's closure tells it: a status, slowly, not at all, or by closing.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How to answer one request.
+#[derive(Debug, Clone, Copy)]
+pub enum Reply {
+    Status(u16),
+    /// Answer after a pause.
+    Slow(Duration, u16),
+    /// Hold the connection without answering, then close it.
+    Hang(Duration),
+    /// Close the connection without answering.
+    Close,
+}
+
+/// One request as the endpoint saw it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub at: Instant,
+    /// Header names lower-cased.
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+    /// What it was answered; `None` when it was not.
+    pub status: Option<u16>,
+    pub answered_at: Option<Instant>,
+}
+
+impl Received {
+    pub fn ok(&self) -> bool {
+        self.status.is_some_and(|s| (200..300).contains(&s))
+    }
+}
+
+type Behave = dyn Fn(usize, &[u8]) -> Reply + Send + Sync;
+
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    log: Arc<Mutex<Vec<Received>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Endpoint {
+    /// An endpoint that answers 200 to everything.
+    pub fn ok() -> Endpoint {
+        Self::start(|_, _| Reply::Status(200))
+    }
+
+    /// `behave(n, body)` decides the answer to the `n`th request (from 0).
+    pub fn start(behave: impl Fn(usize, &[u8]) -> Reply + Send + Sync + 'static) -> Endpoint {
+        Self::start_on("127.0.0.1:0".parse().unwrap(), behave)
+    }
+
+    pub fn start_on(
+        addr: SocketAddr,
+        behave: impl Fn(usize, &[u8]) -> Reply + Send + Sync + 'static,
+    ) -> Endpoint {
+        let listener = TcpListener::bind(addr).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let behave: Arc<Behave> = Arc::new(behave);
+        let count = Arc::new(AtomicUsize::new(0));
+        {
+            let (log, stop) = (log.clone(), stop.clone());
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stop.load(Ordering::Acquire) {
+                        break;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    let (log, stop, behave, count) =
+                        (log.clone(), stop.clone(), behave.clone(), count.clone());
+                    std::thread::spawn(move || serve(stream, &log, &stop, &*behave, &count));
+                }
+            });
+        }
+        Endpoint { addr, log, stop }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hooks", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Received> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Bodies answered 2xx, in the order they were answered.
+    pub fn delivered(&self) -> Vec<Vec<u8>> {
+        let mut ok: Vec<_> = self.requests().into_iter().filter(Received::ok).collect();
+        ok.sort_by_key(|r| r.answered_at);
+        ok.into_iter().map(|r| r.body).collect()
+    }
+
+    /// Polls until `done(requests)` holds; false after `limit`.
+    pub fn wait(&self, limit: Duration, done: impl Fn(&[Received]) -> bool) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if done(&self.log.lock().unwrap()) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Polls until `n` distinct bodies were answered 2xx.
+    pub fn wait_delivered(&self, n: usize, limit: Duration) -> bool {
+        self.wait(limit, |reqs| {
+            let mut seen: Vec<&[u8]> = reqs
+                .iter()
+                .filter(|r| r.ok())
+                .map(|r| r.body.as_slice())
+                .collect();
+            seen.sort();
+            seen.dedup();
+            seen.len() >= n
+        })
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn serve(
+    stream: TcpStream,
+    log: &Mutex<Vec<Received>>,
+    stop: &AtomicBool,
+    behave: &Behave,
+    count: &AtomicUsize,
+) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || stop.load(Ordering::Acquire) {
+            return;
+        }
+        let mut headers = HashMap::new();
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+            }
+        }
+        let len = headers
+            .get("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let at = Instant::now();
+        let n = count.fetch_add(1, Ordering::AcqRel);
+        let reply = behave(n, &body);
+        let status = match reply {
+            Reply::Status(s) => Some(s),
+            Reply::Slow(pause, s) => {
+                std::thread::sleep(pause);
+                Some(s)
+            }
+            Reply::Hang(pause) => {
+                std::thread::sleep(pause);
+                None
+            }
+            Reply::Close => None,
+        };
+        log.lock().unwrap().push(Received {
+            at,
+            headers,
+            body,
+            status,
+            answered_at: status.map(|_| Instant::now()),
+        });
+        let Some(status) = status else { return };
+        let answer = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n");
+        if reader.get_mut().write_all(answer.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
