@@ -116,9 +116,6 @@ impl Delivery {
         }
         let mut keys: Vec<String> = recovered.keys().cloned().collect();
         for endpoint in projects.load().endpoints() {
-            if endpoint.url.scheme_str() == Some("https") {
-                tracing::warn!(endpoint = %endpoint.key, "https endpoint: this build has no TLS client, its deliveries will fail");
-            }
             keys.push(endpoint.key.clone());
         }
         let shared = Arc::new(Shared {

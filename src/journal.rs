@@ -668,9 +668,21 @@ impl Journal {
     /// Records a delivery change with the next commit. Blocks while the queue is full
     /// (delivery progress must never be dropped).
     pub fn update(&self, update: DeliveryUpdate) -> Result<(), JournalError> {
-        self.tx
-            .send(Op::Update(update))
-            .map_err(|_| JournalError::Closed)
+        match self.tx.try_send(Op::Update(update)) {
+            Ok(()) => Ok(()),
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => Err(JournalError::Closed),
+            Err(crossbeam_channel::TrySendError::Full(op)) => {
+                // The writer is behind: wait for room without stalling the other
+                // tasks of this reactor thread.
+                let send = || self.tx.send(op).map_err(|_| JournalError::Closed);
+                match tokio::runtime::Handle::try_current() {
+                    Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                        tokio::task::block_in_place(send)
+                    }
+                    _ => send(),
+                }
+            }
+        }
     }
 
     /// Resolves once every update queued before this call is durable (or failed).

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Request, header};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -111,12 +112,10 @@ pub enum Class {
     HttpOther,
     /// No answer within the endpoint's timeout.
     Timeout,
-    /// No connection (refused, unreachable, connect timeout).
+    /// No connection (refused, unreachable, connect timeout, TLS handshake).
     Connect,
     /// The connection broke mid-request (reset, closed without an answer).
     Io,
-    /// An https:// endpoint, and this build has no TLS client.
-    Tls,
     /// The circuit was open when the round ran out: no request was made.
     CircuitOpen,
 }
@@ -131,7 +130,6 @@ impl Class {
             Class::Timeout => "timeout",
             Class::Connect => "connect",
             Class::Io => "io",
-            Class::Tls => "tls",
             Class::CircuitOpen => "circuit_open",
         }
     }
@@ -147,13 +145,19 @@ impl Class {
 }
 
 /// The outbound HTTP client, shared by every endpoint: pooled keep-alive
-/// connections per host, HTTP/1.1.
-pub type Client = HyperClient<HttpConnector, Full<Bytes>>;
+/// connections per host, HTTP/1.1, TLS (rustls, webpki roots) for https URLs.
+pub type Client = HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 pub fn client(connect_timeout: Duration, max_idle_per_host: usize) -> Client {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(connect_timeout));
     connector.set_nodelay(true);
+    connector.enforce_http(false);
+    let connector = HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
     HyperClient::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(max_idle_per_host)
@@ -180,13 +184,6 @@ pub async fn send(client: &Client, endpoint: &Endpoint, event: &Event) -> Attemp
         class: class.as_str().to_string(),
         error,
     };
-    if endpoint.url.scheme_str() == Some("https") {
-        return done(
-            None,
-            Class::Tls,
-            Some("https endpoints need a TLS client, not built into this binary".into()),
-        );
-    }
     let id = webhook_id(event);
     let timestamp = at_ms / 1000;
     let request = Request::post(endpoint.url.clone())
