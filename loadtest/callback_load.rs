@@ -1,0 +1,147 @@
+//! Distinct signed callbacks as fast as the target takes them: oha sends one body
+//! over and over (all duplicates after the first), so the accepted path needs this.
+//! Usage: callback_load URL SECRET PROJECT [--connections 64] [--seconds 10]
+//!        [--count N] [--start-op 1] [--payments-per 1]
+//! Prints one JSON line: sent, by-status counts, req/s, p50/p99/p99.9 latency.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+struct Args {
+    url: String,
+    secret: String,
+    project: u64,
+    connections: usize,
+    seconds: u64,
+    count: usize,
+    start_op: u64,
+}
+
+fn args() -> Args {
+    let mut it = std::env::args().skip(1);
+    let mut a = Args {
+        url: it.next().expect("URL"),
+        secret: it.next().expect("SECRET"),
+        project: it.next().expect("PROJECT").parse().expect("project id"),
+        connections: 64,
+        seconds: 10,
+        count: 400_000,
+        start_op: 1,
+    };
+    while let Some(flag) = it.next() {
+        let v = it.next().expect("flag value");
+        match flag.as_str() {
+            "--connections" => a.connections = v.parse().unwrap(),
+            "--seconds" => a.seconds = v.parse().unwrap(),
+            "--count" => a.count = v.parse().unwrap(),
+            "--start-op" => a.start_op = v.parse().unwrap(),
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    a
+}
+
+/// The seed's Kassa24 Terminal callback with operation `op` (each one distinct).
+fn callback(project: u64, op: u64, secret: &str) -> Vec<u8> {
+    let body = format!(
+        r#"{{"project_id":{project},"payment":{{"id":"pay-{op}","type":"purchase","status":"success","date":"2022-03-25T11:08:45+0000","method":"kassa24","sum":{{"amount":10000,"currency":"KZT"}},"description":""}},"account":{{"number":"123456"}},"customer":{{"id":"customer_123"}},"operation":{{"id":{op},"type":"sale","status":"success","date":"2022-03-25T11:08:45+0000","created_date":"2022-03-25T11:08:05+0000","request_id":"req-{op}","sum_initial":{{"amount":10000,"currency":"KZT"}},"sum_converted":{{"amount":10000,"currency":"KZT"}},"code":"0","message":"Success","provider":{{"id":12345,"payment_id":"123abc123-321","auth_code":""}}}}}}"#
+    );
+    cbgate::signature::attach(body.as_bytes(), secret).expect("valid JSON")
+}
+
+#[tokio::main]
+async fn main() {
+    let a = args();
+    let rest = a.url.strip_prefix("http://").expect("http:// URL");
+    let (host, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h.to_string(), format!("/{p}")))
+        .unwrap();
+    let bodies: Vec<Vec<u8>> = (0..a.count as u64)
+        .map(|i| callback(a.project, a.start_op + i, &a.secret))
+        .collect();
+    let bodies = std::sync::Arc::new(bodies);
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let deadline = Instant::now() + Duration::from_secs(a.seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..a.connections)
+        .map(|_| {
+            let (bodies, next, host, path) = (bodies.clone(), next.clone(), host.clone(), path.clone());
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
+                let stream = TcpStream::connect(&host).await.expect("connect");
+                stream.set_nodelay(true).unwrap();
+                let mut conn = BufReader::new(stream);
+                let mut line = String::new();
+                while Instant::now() < deadline {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(body) = bodies.get(i) else { break };
+                    let head = format!(
+                        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    let t = Instant::now();
+                    let s = conn.get_mut();
+                    s.write_all(head.as_bytes()).await.unwrap();
+                    s.write_all(body).await.unwrap();
+                    line.clear();
+                    if conn.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        break;
+                    }
+                    let status: u16 = line.split(' ').nth(1).and_then(|x| x.parse().ok()).unwrap_or(0);
+                    let mut len = 0usize;
+                    loop {
+                        line.clear();
+                        conn.read_line(&mut line).await.unwrap();
+                        let l = line.trim_end();
+                        if l.is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = l.split_once(':')
+                            && k.eq_ignore_ascii_case("content-length")
+                        {
+                            len = v.trim().parse().unwrap();
+                        }
+                    }
+                    let mut rest = vec![0; len];
+                    conn.read_exact(&mut rest).await.unwrap();
+                    lat.push(t.elapsed());
+                    *statuses.entry(status).or_default() += 1;
+                }
+                (lat, statuses)
+            })
+        })
+        .collect();
+    let mut lat = Vec::new();
+    let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
+    for t in tasks {
+        let (l, s) = t.await.unwrap();
+        lat.extend(l);
+        for (k, v) in s {
+            *statuses.entry(k).or_default() += v;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    lat.sort();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(0.0)
+    };
+    println!(
+        "{{\"sent\":{},\"statuses\":{:?},\"rps\":{:.0},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"seconds\":{:.2}}}",
+        lat.len(),
+        statuses
+            .iter()
+            .map(|(k, v)| format!("{k}:{v}"))
+            .collect::<Vec<_>>(),
+        lat.len() as f64 / elapsed,
+        pct(0.5),
+        pct(0.99),
+        pct(0.999),
+        elapsed
+    );
+}
