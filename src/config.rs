@@ -20,6 +20,8 @@ pub struct Config {
     #[serde(default)]
     pub delivery: Delivery,
     #[serde(default)]
+    pub terminal: TerminalSettings,
+    #[serde(default)]
     pub log: Log,
     #[serde(default)]
     pub projects: Vec<Project>,
@@ -145,6 +147,29 @@ impl Default for Delivery {
     }
 }
 
+/// `[terminal]`: how terminal requests reach merchants.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TerminalSettings {
+    /// An identical check_deposit within this window gets the first answer again.
+    #[serde(deserialize_with = "duration")]
+    pub idempotency_window: Duration,
+    /// check_deposit answers remembered at most (expired ones are dropped first).
+    pub idempotency_max_entries: usize,
+    #[serde(deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for TerminalSettings {
+    fn default() -> Self {
+        Self {
+            idempotency_window: Duration::from_secs(600),
+            idempotency_max_entries: 100_000,
+            connect_timeout: Duration::from_millis(500),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -185,6 +210,12 @@ pub struct Project {
     pub terminal_url: Option<String>,
     #[serde(default = "default_budget", deserialize_with = "duration")]
     pub terminal_budget: Duration,
+    /// check_deposit amount limits in minor units; Kassa24 Terminal defaults to
+    /// 100..=50000000 (1.00–500,000.00 KZT), other methods to no limit.
+    #[serde(default)]
+    pub terminal_amount_min: Option<i64>,
+    #[serde(default)]
+    pub terminal_amount_max: Option<i64>,
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
 }

@@ -19,6 +19,8 @@ pub struct Project {
     pub method: Option<String>,
     pub terminal_url: Option<hyper::Uri>,
     pub terminal_budget: Duration,
+    amount_min: Option<i64>,
+    amount_max: Option<i64>,
     pub endpoints: Vec<Arc<Endpoint>>,
 }
 
@@ -84,6 +86,19 @@ impl Endpoint {
 }
 
 impl Project {
+    /// check_deposit limits for `method`, minor units, inclusive.
+    pub fn amount_limits(&self, method: &str) -> (i64, i64) {
+        let (min, max) = if method == "kassa24" {
+            crate::terminal::KASSA24_LIMITS
+        } else {
+            (1, i64::MAX)
+        };
+        (
+            self.amount_min.unwrap_or(min),
+            self.amount_max.unwrap_or(max),
+        )
+    }
+
     fn build(p: &ProjectConfig, config: &Config) -> Result<Self, String> {
         let secrets = p
             .secrets
@@ -100,6 +115,8 @@ impl Project {
                 .map(crate::config::check_url)
                 .transpose()?,
             terminal_budget: p.terminal_budget,
+            amount_min: p.terminal_amount_min,
+            amount_max: p.terminal_amount_max,
             endpoints: p
                 .endpoints
                 .iter()

@@ -1,31 +1,437 @@
-//! Terminal requests (`verify`, `check_deposit`): checked, forwarded to the merchant's
-//! `terminal_url` and answered in the method's dialect within the project's budget.
+//! Terminal requests (`verify`, `check_deposit`) while a customer waits at a kiosk:
+//! checked (signature, fields, KZT, amount limits), forwarded unchanged to the
+//! merchant's `terminal_url`, and answered in the method's dialect before the budget.
+
+pub mod dialect;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hyper::{Response, StatusCode};
+use dashmap::DashMap;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{Request, Response, StatusCode, header};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use serde_json::Value;
+use tokio::sync::OnceCell;
 
 use crate::http::{Body, json};
-use crate::projects::Projects;
+use crate::metrics as m;
+use crate::projects::{Project, Projects};
+use crate::signature::{self, Canonicalizer};
+use crate::verifier::with_canonicalizer;
+use dialect::Dialect;
 
-/// Terminal request handling; built once, shared by all connections.
-pub struct Terminal {}
+/// Kassa24 Terminal's limits per payment (seed: 1.00–500,000.00 KZT), minor units.
+pub const KASSA24_LIMITS: (i64, i64) = (100, 50_000_000);
+
+/// The answer is sent this long before the budget ends, at most (a tenth of short
+/// budgets): the platform must have it before its own deadline.
+const MARGIN: Duration = Duration::from_millis(50);
+
+/// A merchant answer larger than this is malformed.
+const MAX_ANSWER: usize = 16 * 1024;
+
+/// What a check was about, for answers, metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Verify,
+    CheckDeposit,
+    Unknown,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Verify => "verify",
+            Kind::CheckDeposit => "check_deposit",
+            Kind::Unknown => "unknown",
+        }
+    }
+}
+
+/// The request after parsing, before the merchant.
+struct Checked {
+    project: Arc<Project>,
+    kind: Kind,
+    dialect: Dialect,
+}
+
+/// The gateway's own refusal of a request, written in the method's dialect.
+struct Refusal {
+    dialect: Dialect,
+    project: Option<u64>,
+    kind: Kind,
+    code: u16,
+    reason: String,
+}
+
+/// A check_deposit answer being fetched or kept (`None`: not definitive, not kept).
+type Slot = Arc<OnceCell<Option<Answer>>>;
+
+/// A finished answer: the JSON and the protocol code in it.
+#[derive(Clone)]
+struct Answer {
+    code: u16,
+    body: Bytes,
+}
+
+impl Answer {
+    fn new(value: Value) -> Answer {
+        let code = value.get("code").and_then(Value::as_u64).unwrap_or(500) as u16;
+        Answer {
+            code,
+            body: Bytes::from(value.to_string()),
+        }
+    }
+}
+
+/// Terminal request handling, shared by all connections.
+pub struct Terminal {
+    client: Client<HttpConnector, Full<Bytes>>,
+    /// check_deposit answers by SHA-256 of the body, so a platform retry of the same
+    /// request gets the same payment id; concurrent duplicates wait for the first.
+    recent: DashMap<[u8; 32], (Instant, Slot)>,
+    window: Duration,
+    max_recent: usize,
+    fallback: bool,
+}
 
 impl Terminal {
-    pub fn new(_config: &crate::config::Config) -> Self {
-        Terminal {}
+    pub fn new(config: &crate::config::Config) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.terminal.connect_timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+        Terminal {
+            client,
+            recent: DashMap::new(),
+            window: config.terminal.idempotency_window,
+            max_recent: config.terminal.idempotency_max_entries,
+            fallback: config.server.signature_fallback,
+        }
     }
 
+    /// Answers one terminal request: always HTTP 200 with a protocol `code`.
     pub async fn handle(
         &self,
-        _projects: Arc<Projects>,
-        _body: Bytes,
-        _max_depth: usize,
+        projects: Arc<Projects>,
+        body: Bytes,
+        max_depth: usize,
     ) -> Response<Body> {
-        json(
-            StatusCode::OK,
-            r#"{"code":500,"error_description":"terminal requests are not served yet"}"#,
+        let started = Instant::now();
+        let checked = with_canonicalizer(max_depth, |canon| self.check(canon, &body, &projects));
+        let (answer, project, kind) = match checked {
+            Err(r) => (
+                Answer::new(r.dialect.error(r.code, &r.reason)),
+                r.project,
+                r.kind,
+            ),
+            Ok(c) => {
+                let answer = if c.kind == Kind::CheckDeposit {
+                    self.once(&body, &c).await
+                } else {
+                    self.forward(&body, &c).await
+                };
+                (answer, Some(c.project.id), c.kind)
+            }
+        };
+        let project = project
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let kind = kind.as_str();
+        metrics::histogram!(m::TERMINAL_SECONDS, "project" => project.clone(), "type" => kind)
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!(m::TERMINAL_ANSWERS_TOTAL, "project" => project, "type" => kind, "code" => answer.code.to_string())
+            .increment(1);
+        json(StatusCode::OK, answer.body)
+    }
+
+    /// Parses and checks the request; an `Err` is the gateway's own answer.
+    fn check(
+        &self,
+        canon: &mut Canonicalizer,
+        body: &[u8],
+        projects: &Projects,
+    ) -> Result<Checked, Refusal> {
+        if let Err(e) = canon.load(body) {
+            return Err(Refusal {
+                dialect: Dialect::Kassa24,
+                project: None,
+                kind: Kind::Unknown,
+                code: 500,
+                reason: e.to_string(),
+            });
+        }
+        // Read every field first: the signature check needs the parser back.
+        let field = |path: &[u8]| {
+            canon
+                .get(path)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        let fields: Vec<(&str, Option<String>)> = [
+            "type",
+            "payment_method",
+            "project_id",
+            "customer_id",
+            "amount",
+            "currency",
+        ]
+        .iter()
+        .map(|f| (*f, field(f.as_bytes())))
+        .collect();
+        let text = |name: &[u8]| {
+            fields
+                .iter()
+                .find(|(f, _)| f.as_bytes() == name)
+                .and_then(|(_, v)| v.clone())
+        };
+        let kind = match text(b"type").as_deref() {
+            Some("verify") => Kind::Verify,
+            Some("check_deposit") => Kind::CheckDeposit,
+            _ => Kind::Unknown,
+        };
+        let method = text(b"payment_method");
+        let project = text(b"project_id").and_then(|id| projects.by_text(id.as_bytes()).cloned());
+        // check_deposit names its method; verify speaks the project's.
+        let dialect = Dialect::of(
+            method
+                .as_deref()
+                .or(project.as_ref().and_then(|p| p.method.as_deref())),
+        );
+        let fail = |code: u16, reason: String| {
+            Err(Refusal {
+                dialect,
+                project: project.as_ref().map(|p| p.id),
+                kind,
+                code,
+                reason,
+            })
+        };
+        if kind == Kind::Unknown {
+            return fail(500, "type must be verify or check_deposit".into());
+        }
+        let Some(project) = project.clone() else {
+            return match text(b"project_id") {
+                None => fail(500, "missing field project_id".into()),
+                Some(id) => fail(500, format!("unknown project {id}")),
+            };
+        };
+        match signature::verify_loaded(canon, &project.secrets, self.fallback) {
+            Ok(_) => {}
+            Err(signature::VerifyError::Mismatch) => {
+                return fail(400, "Signature is invalid".into());
+            }
+            Err(e) => return fail(400, e.to_string()),
+        }
+        let required: &[&str] = match kind {
+            Kind::Verify => &["customer_id"],
+            _ => &["customer_id", "amount", "currency", "payment_method"],
+        };
+        for field in required {
+            if text(field.as_bytes()).is_none_or(|v| v.is_empty()) {
+                return fail(500, format!("missing field {field}"));
+            }
+        }
+        if kind == Kind::CheckDeposit {
+            let currency = text(b"currency").unwrap_or_default();
+            if currency != "KZT" {
+                return fail(500, format!("currency must be KZT, not {currency}"));
+            }
+            let method = method.unwrap_or_default();
+            if !crate::config::TERMINAL_METHODS.contains(&method.as_str()) {
+                return fail(500, format!("unsupported payment_method {method}"));
+            }
+            let Some(amount) = text(b"amount").and_then(|a| a.parse::<i64>().ok()) else {
+                return fail(500, "amount must be an integer in minor units".into());
+            };
+            let (min, max) = project.amount_limits(&method);
+            if amount < min || amount > max {
+                return fail(
+                    500,
+                    format!("amount {amount} is outside the limits {min}..={max} (minor units)"),
+                );
+            }
+        }
+        if project.terminal_url.is_none() {
+            return fail(
+                500,
+                "terminal requests are not configured for this project".into(),
+            );
+        }
+        Ok(Checked {
+            project,
+            kind,
+            dialect,
+        })
+    }
+
+    /// check_deposit: one merchant call per identical body within the window.
+    async fn once(&self, body: &Bytes, c: &Checked) -> Answer {
+        let key: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, body)
+            .as_ref()
+            .try_into()
+            .expect("32 bytes");
+        let now = Instant::now();
+        if self.recent.len() >= self.max_recent {
+            self.recent
+                .retain(|_, (at, _)| now.duration_since(*at) < self.window);
+        }
+        let cell = {
+            let mut entry = self
+                .recent
+                .entry(key)
+                .or_insert_with(|| (now, Arc::new(OnceCell::new())));
+            if now.duration_since(entry.0) >= self.window {
+                *entry = (now, Arc::new(OnceCell::new()));
+            }
+            entry.1.clone()
+        };
+        let mut fresh = None;
+        let cached = cell
+            .get_or_init(|| async {
+                let (answer, definitive) = self.ask(body, c).await;
+                let kept = definitive.then(|| answer.clone());
+                fresh = Some(answer);
+                kept
+            })
+            .await
+            .clone();
+        match (fresh, cached) {
+            (Some(answer), kept) => {
+                // A timeout or a broken answer is not kept: a retry asks again.
+                if kept.is_none() {
+                    self.recent
+                        .remove_if(&key, |_, (_, c)| Arc::ptr_eq(c, &cell));
+                }
+                answer
+            }
+            (None, Some(answer)) => answer,
+            // The first request's answer was not definitive: ask ourselves.
+            (None, None) => self.forward(body, c).await,
+        }
+    }
+
+    async fn forward(&self, body: &Bytes, c: &Checked) -> Answer {
+        self.ask(body, c).await.0
+    }
+
+    /// Asks the merchant within the budget. Returns the answer and whether it is the
+    /// merchant's own definitive one (not a timeout, transport error or malformed).
+    async fn ask(&self, body: &Bytes, c: &Checked) -> (Answer, bool) {
+        let project = &c.project;
+        let url = project.terminal_url.clone().expect("checked");
+        let budget = project.terminal_budget;
+        let deadline = tokio::time::Instant::now() + budget - MARGIN.min(budget / 10);
+        let label = || (project.id.to_string(), c.kind.as_str());
+        let merchant_error = |kind: &'static str, reason: String| {
+            let (p, t) = label();
+            metrics::counter!(m::TERMINAL_MERCHANT_ERRORS_TOTAL, "project" => p, "type" => t, "error" => kind).increment(1);
+            tracing::warn!(project = project.id, r#type = c.kind.as_str(), error = kind, %reason, "terminal merchant error");
+            (Answer::new(c.dialect.error(500, &reason)), false)
+        };
+        let mut tries = 0;
+        let response = loop {
+            tries += 1;
+            let request = Request::post(url.clone())
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Full::new(body.clone()))
+                .expect("a valid URI and static headers");
+            match tokio::time::timeout_at(deadline, self.client.request(request)).await {
+                Err(_) => {
+                    let (p, t) = label();
+                    metrics::counter!(m::TERMINAL_BUDGET_MISSES_TOTAL, "project" => p, "type" => t)
+                        .increment(1);
+                    return merchant_error("timeout", "merchant timeout".into());
+                }
+                // verify is idempotent: one more try on any transport error; a
+                // check_deposit only when the request never left (connect error).
+                Ok(Err(e)) if tries == 1 && (c.kind == Kind::Verify || e.is_connect()) => continue,
+                Ok(Err(e)) => {
+                    return merchant_error("transport", format!("merchant unreachable: {e}"));
+                }
+                Ok(Ok(r)) => break r,
+            }
+        };
+        let status = response.status();
+        let collected = tokio::time::timeout_at(
+            deadline,
+            Limited::new(response.into_body(), MAX_ANSWER).collect(),
         )
+        .await;
+        let bytes = match collected {
+            Err(_) => {
+                let (p, t) = label();
+                metrics::counter!(m::TERMINAL_BUDGET_MISSES_TOTAL, "project" => p, "type" => t)
+                    .increment(1);
+                return merchant_error("timeout", "merchant timeout".into());
+            }
+            Ok(Err(e)) => {
+                return merchant_error("malformed", format!("merchant answer unreadable: {e}"));
+            }
+            Ok(Ok(b)) => b.to_bytes(),
+        };
+        if !status.is_success() {
+            return merchant_error(
+                "http_status",
+                format!("merchant answered HTTP {}", status.as_u16()),
+            );
+        }
+        match validate(c.kind, &bytes) {
+            Ok(answer) => (Answer::new(c.dialect.translate(answer)), true),
+            Err(reason) => {
+                merchant_error("malformed", format!("malformed merchant answer: {reason}"))
+            }
+        }
+    }
+}
+
+/// Checks a merchant answer against the protocol.
+fn validate(kind: Kind, bytes: &[u8]) -> Result<serde_json::Map<String, Value>, String> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|_| "not JSON".to_string())?;
+    let Value::Object(answer) = value else {
+        return Err("not a JSON object".into());
+    };
+    let code = answer
+        .get("code")
+        .and_then(Value::as_u64)
+        .ok_or("no integer code")?;
+    if ![0, 400, 404, 500].contains(&code) {
+        return Err(format!("code {code} is not one of 0, 400, 404, 500"));
+    }
+    let present = |f: &str| match answer.get(f) {
+        Some(Value::String(s)) => !s.is_empty(),
+        Some(Value::Number(_)) => true,
+        _ => false,
+    };
+    if code == 0 && kind == Kind::Verify && !present("currency") {
+        return Err("verify success without currency".into());
+    }
+    if code == 0 && kind == Kind::CheckDeposit && !present("payment_id") {
+        return Err("check_deposit success without payment_id".into());
+    }
+    Ok(answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merchant_answers_are_checked() {
+        assert!(validate(Kind::Verify, br#"{"code":0,"currency":"KZT"}"#).is_ok());
+        assert!(validate(Kind::Verify, br#"{"code":0}"#).is_err());
+        assert!(validate(Kind::CheckDeposit, br#"{"code":0,"payment_id":"p"}"#).is_ok());
+        assert!(validate(Kind::CheckDeposit, br#"{"code":0,"payment_id":""}"#).is_err());
+        assert!(validate(Kind::Verify, br#"{"code":404,"message":"no"}"#).is_ok());
+        assert!(validate(Kind::Verify, br#"{"code":200}"#).is_err());
+        assert!(validate(Kind::Verify, br#"{"code":"0","currency":"KZT"}"#).is_err());
+        assert!(validate(Kind::Verify, b"<html>").is_err());
     }
 }

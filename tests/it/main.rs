@@ -6,3 +6,4 @@ mod ingest;
 mod lifecycle;
 mod signature;
 mod support;
+mod terminal;
