@@ -1,7 +1,7 @@
 //! Distinct signed callbacks as fast as the target takes them: oha sends one body
 //! over and over (all duplicates after the first), so the accepted path needs this.
 //! Usage: callback_load URL SECRET PROJECT [--connections 64] [--seconds 10]
-//!        [--count N] [--start-op 1] [--payments-per 1]
+//!        [--count N] [--start-op 1] [--stamp]
 //! Prints one JSON line: sent, by-status counts, req/s, p50/p99/p99.9 latency.
 
 use std::time::{Duration, Instant};
@@ -17,6 +17,7 @@ struct Args {
     seconds: u64,
     count: usize,
     start_op: u64,
+    stamp: bool,
 }
 
 fn args() -> Args {
@@ -29,8 +30,13 @@ fn args() -> Args {
         seconds: 10,
         count: 400_000,
         start_op: 1,
+        stamp: false,
     };
     while let Some(flag) = it.next() {
+        if flag == "--stamp" {
+            a.stamp = true;
+            continue;
+        }
         let v = it.next().expect("flag value");
         match flag.as_str() {
             "--connections" => a.connections = v.parse().unwrap(),
@@ -44,9 +50,11 @@ fn args() -> Args {
 }
 
 /// The seed's Kassa24 Terminal callback with operation `op` (each one distinct).
-fn callback(project: u64, op: u64, secret: &str) -> Vec<u8> {
+/// With `sent_ms` = 0 the body is pre-signed; `--stamp` signs each one as it is
+/// sent, with the send time, so the merchant stub can measure delivery lag.
+fn callback(project: u64, op: u64, secret: &str, sent_ms: u64) -> Vec<u8> {
     let body = format!(
-        r#"{{"project_id":{project},"payment":{{"id":"pay-{op}","type":"purchase","status":"success","date":"2022-03-25T11:08:45+0000","method":"kassa24","sum":{{"amount":10000,"currency":"KZT"}},"description":""}},"account":{{"number":"123456"}},"customer":{{"id":"customer_123"}},"operation":{{"id":{op},"type":"sale","status":"success","date":"2022-03-25T11:08:45+0000","created_date":"2022-03-25T11:08:05+0000","request_id":"req-{op}","sum_initial":{{"amount":10000,"currency":"KZT"}},"sum_converted":{{"amount":10000,"currency":"KZT"}},"code":"0","message":"Success","provider":{{"id":12345,"payment_id":"123abc123-321","auth_code":""}}}}}}"#
+        r#"{{"project_id":{project},"payment":{{"id":"pay-{op}","type":"purchase","status":"success","date":"2022-03-25T11:08:45+0000","method":"kassa24","sum":{{"amount":10000,"currency":"KZT"}},"description":"","sent_ms":{sent_ms}}},"account":{{"number":"123456"}},"customer":{{"id":"customer_123"}},"operation":{{"id":{op},"type":"sale","status":"success","date":"2022-03-25T11:08:45+0000","created_date":"2022-03-25T11:08:05+0000","request_id":"req-{op}","sum_initial":{{"amount":10000,"currency":"KZT"}},"sum_converted":{{"amount":10000,"currency":"KZT"}},"code":"0","message":"Success","provider":{{"id":12345,"payment_id":"123abc123-321","auth_code":""}}}}}}"#
     );
     cbgate::signature::attach(body.as_bytes(), secret).expect("valid JSON")
 }
@@ -59,16 +67,22 @@ async fn main() {
         .split_once('/')
         .map(|(h, p)| (h.to_string(), format!("/{p}")))
         .unwrap();
-    let bodies: Vec<Vec<u8>> = (0..a.count as u64)
-        .map(|i| callback(a.project, a.start_op + i, &a.secret))
-        .collect();
+    let bodies: Vec<Vec<u8>> = if a.stamp {
+        Vec::new()
+    } else {
+        (0..a.count as u64)
+            .map(|i| callback(a.project, a.start_op + i, &a.secret, 0))
+            .collect()
+    };
+    let (project, secret, start_op, count, stamp) =
+        (a.project, a.secret.clone(), a.start_op, a.count, a.stamp);
     let bodies = std::sync::Arc::new(bodies);
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let deadline = Instant::now() + Duration::from_secs(a.seconds);
     let started = Instant::now();
     let tasks: Vec<_> = (0..a.connections)
         .map(|_| {
-            let (bodies, next, host, path) = (bodies.clone(), next.clone(), host.clone(), path.clone());
+            let (bodies, next, host, path, secret) = (bodies.clone(), next.clone(), host.clone(), path.clone(), secret.clone());
             tokio::spawn(async move {
                 let mut lat = Vec::new();
                 let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
@@ -78,7 +92,17 @@ async fn main() {
                 let mut line = String::new();
                 while Instant::now() < deadline {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(body) = bodies.get(i) else { break };
+                    if i >= count {
+                        break;
+                    }
+                    let stamped;
+                    let body = if stamp {
+                        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+                        stamped = callback(project, start_op + i as u64, &secret, now);
+                        &stamped
+                    } else {
+                        &bodies[i]
+                    };
                     let head = format!(
                         "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
                         body.len()

@@ -3,6 +3,7 @@ mod cli;
 mod delivery;
 mod endpoint;
 mod ingest;
+mod k6_signer;
 mod lifecycle;
 mod signature;
 mod support;

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# The whole comparison in one command, on 127.0.0.1 only, every load bounded in time:
+#   loadtest/run.sh            (SECS=8 per scenario, CONN=64 connections; ~5 minutes)
+# Builds release, starts cbgate and its baselines, runs each scenario, stops every
+# process it started (trap on exit), and writes a markdown table to stdout and to
+# loadtest/results.md. Installs what is missing: oha (cargo), nginx (apt),
+# ecommpay-sdk + gunicorn (pip).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${SECS:-8}
+CONN=${CONN:-64}
+OUT=${OUT:-loadtest/results.md}
+SECRET=bench-secret
+
+export PATH="$HOME/.cargo/bin:$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
+command -v oha >/dev/null || cargo install oha --locked
+command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx-light; }
+python3 -c "import payment_page_sdk, gunicorn" 2>/dev/null \
+  || python3 -m pip install -q --disable-pip-version-check ecommpay-sdk==1.0.6 gunicorn
+cargo build --release --bin cbgate --example bare_hyper --example merchant_stub --example callback_load
+BIN=target/release
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+start() { "$@" >>"$work/procs.log" 2>&1 & pids+=($!); }
+wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.05; done; echo "port $1 not up" >&2; exit 1; }
+
+# cbgate: one for ingestion and terminal, one with an endpoint for end-to-end delivery.
+gateway_config() { # listen admin data extra
+  cat <<EOF
+[server]
+listen = "127.0.0.1:$1"
+admin_listen = "127.0.0.1:$2"
+[storage]
+dir = "$work/$3"
+[log]
+level = "warn"
+access = false
+[[projects]]
+id = 1234
+secrets = ["$SECRET"]
+method = "kassa24"
+terminal_url = "http://127.0.0.1:19000/terminal"
+$4
+EOF
+}
+gateway_config 18081 19091 data "" >"$work/cbgate.toml"
+gateway_config 18082 19092 data2 '[[projects.endpoints]]
+name = "stub"
+url = "http://127.0.0.1:19000/callbacks"
+secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"' >"$work/cbgate-delivery.toml"
+mkdir -p "$work/nginx/tmp"
+cp loadtest/nginx.conf "$work/nginx/nginx.conf"
+
+start "$BIN/examples/bare_hyper" 127.0.0.1:18080
+start "$BIN/examples/merchant_stub" 127.0.0.1:19000
+start nginx -p "$work/nginx" -c nginx.conf
+start "$BIN/cbgate" serve --config "$work/cbgate.toml"
+(cd loadtest && CBGATE_SECRET=$SECRET exec gunicorn -w "$(nproc)" -b 127.0.0.1:18070 python_sdk_handler:app --log-level warning) >>"$work/procs.log" 2>&1 &
+pids+=($!)
+for p in 18080 19000 18090 18081 18070; do wait_port $p; done
+
+# Signed bodies (the platform's Kassa24 Terminal callback and a verify request).
+python3 - "$work" <<'EOF'
+import json, sys
+d = json.load(open("tests/data/signature.json"))
+v = next(x for x in d["vectors"] if x["name"].startswith("seed:kassa24_terminal(Monetix)#7:callback"))
+open(sys.argv[1] + "/callback.json", "w").write(json.dumps(json.loads(v["payload_json"]), indent=2))
+open(sys.argv[1] + "/verify.json", "w").write('{"type":"verify","customer_id":"7123456789","project_id":1234}')
+EOF
+"$BIN/cbgate" sign --secret $SECRET --attach "$work/callback.json" >"$work/callback.signed.json"
+"$BIN/cbgate" sign --secret $SECRET --attach "$work/verify.json" >"$work/verify.signed.json"
+
+rows=()
+row() { rows+=("| $1 | $2 | $3 | $4 | $5 | $6 | $7 | $8 | $9 |"); }
+# oha_row URL BODY [BASELINE_RPS]: one oha run as "rps|p50|p99|p99.9|errors|ratio".
+oha_row() {
+  oha -z "${SECS}s" -c "$CONN" --no-tui --output-format json -m POST -T application/json -D "$2" "$1" \
+    | python3 loadtest/row.py oha "${3:-}"
+}
+# load_row URL START_OP [BASELINE_RPS] [--stamp]: distinct signed callbacks.
+load_row() {
+  "$BIN/examples/callback_load" "$1" $SECRET 1234 --connections "$CONN" --seconds "$SECS" --start-op "$2" ${4:-} \
+    | python3 loadtest/row.py load "${3:-}"
+}
+add() { # scenario tool target result
+  IFS='|' read -r rps p50 p99 p999 err ratio <<<"$4"
+  row "$1" "$2" "$3" "$rps" "$p50" "$p99" "$p999" "$err" "$ratio"
+  echo "$1 / $3: $rps req/s" >&2
+}
+
+# 1. Callbacks, distinct (every one accepted and fsynced) vs the HTTP ceiling.
+r=$(load_row http://127.0.0.1:18080/callbacks 1); add "callbacks, distinct" callback_load "bare hyper" "$r"
+base=$(cut -d'|' -f1 <<<"$r")
+r=$(load_row http://127.0.0.1:18081/callbacks 1 "$base"); add "callbacks, distinct" callback_load "cbgate (fdatasync group commit)" "$r"
+# 2. Callbacks, one body repeated: after the first, cbgate's duplicate path.
+r=$(oha_row http://127.0.0.1:18080/callbacks "$work/callback.signed.json"); add "callbacks, same body" oha "bare hyper" "$r"
+base=$(cut -d'|' -f1 <<<"$r")
+r=$(oha_row http://127.0.0.1:18081/callbacks "$work/callback.signed.json" "$base"); add "callbacks, same body" oha "cbgate (duplicate path)" "$r"
+# 3. The merchant's own Python handler with the platform SDK.
+r=$(oha_row http://127.0.0.1:18070/ "$work/callback.signed.json"); add "callbacks, same body" oha "Python ecommpay-sdk, gunicorn -w $(nproc)" "$r"
+py=$(cut -d'|' -f1 <<<"$r")
+# 4. Terminal verify: straight to the stub, through nginx, through cbgate.
+r=$(oha_row http://127.0.0.1:19000/terminal "$work/verify.signed.json"); add "terminal verify" oha "merchant stub direct" "$r"
+base=$(cut -d'|' -f1 <<<"$r")
+r=$(oha_row http://127.0.0.1:18090/terminal "$work/verify.signed.json" "$base"); add "terminal verify" oha "nginx → stub" "$r"
+r=$(oha_row http://127.0.0.1:18081/terminal "$work/verify.signed.json" "$base"); add "terminal verify" oha "cbgate → stub" "$r"
+# 5. End to end: accepted and delivered, with the lag from send to the endpoint.
+start "$BIN/cbgate" serve --config "$work/cbgate-delivery.toml"
+wait_port 18082
+r=$(load_row http://127.0.0.1:18082/callbacks 5000000 "" --stamp); add "end to end" "callback_load --stamp" "cbgate + delivery to stub" "$r"
+accepted=$(curl -s http://127.0.0.1:19092/metrics | awk '/^cbgate_requests_total\{.*outcome="accepted"/ {s+=$2} END {print s+0}')
+started=$(date +%s.%N)
+for _ in $(seq 600); do
+  delivered=$(curl -s http://127.0.0.1:19000/stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["deliveries"])')
+  [ "$delivered" -ge "$accepted" ] && break
+  sleep 0.1
+done
+drain=$(python3 -c "print(f'{$(date +%s.%N) - $started:.1f}')")
+stats=$(curl -s http://127.0.0.1:19000/stats)
+
+{
+  echo "Run $(date -u +%FT%TZ) on $(nproc) cores; $SECS s per scenario, $CONN connections, all on 127.0.0.1."
+  echo
+  echo "| scenario | tool | target | req/s | p50 ms | p99 ms | p99.9 ms | errors | ratio to baseline |"
+  echo "|---|---|---|---|---|---|---|---|---|"
+  printf '%s\n' "${rows[@]}"
+  echo
+  echo "End to end: $accepted callbacks accepted, $delivered delivered to the stub; the backlog drained ${drain}s after the load stopped. Stub: $stats"
+  echo "Python SDK baseline: $py req/s."
+} | tee "$OUT"
