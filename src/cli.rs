@@ -1,4 +1,4 @@
-//! The `cbgate` command line: `serve`, `check-config`, `sign`, `verify`.
+//! The `cbgate` command line: `serve`, `check-config`, `sign`, `verify`, `simulate`.
 //! Exit codes: 0 success, 1 a signature that does not match, 2 malformed input
 //! or usage, 64 a configuration that does not validate.
 
@@ -64,12 +64,62 @@ enum Command {
         #[arg(default_value = "-")]
         file: String,
     },
+    /// Play the platform against a running gateway and check every answer;
+    /// exit 0 if all were as expected, 1 if not.
+    Simulate(SimulateArgs),
+}
+
+#[derive(clap::Args)]
+struct SimulateArgs {
+    /// Base URL of the gateway's platform listener.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    target: String,
+    /// The project's secret (or env:NAME / file:PATH).
+    #[arg(long)]
+    secret: String,
+    #[arg(long, default_value_t = 1234)]
+    project: u64,
+    /// Flows to play at most.
+    #[arg(long, default_value_t = 1000)]
+    flows: u64,
+    /// Stop starting flows after this many seconds.
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+    /// Flows started per second; 0 = as fast as the gateway answers.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Concurrent flows (connections).
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Share of callbacks sent twice (platform retries, answered "duplicate").
+    #[arg(long, default_value_t = 0.2)]
+    retry_share: f64,
+    /// Share of OTP flows whose clarification request comes again (wrong OTP).
+    #[arg(long, default_value_t = 0.3)]
+    resend_share: f64,
+    /// Share of requests also sent with a wrong signature (answered 400).
+    #[arg(long, default_value_t = 0.01)]
+    bad_signature_share: f64,
+    /// Share of requests also sent cut in half (answered 400 / code 500).
+    #[arg(long, default_value_t = 0.01)]
+    malformed_share: f64,
+    /// Also play the kiosk's verify and check_deposit (the project needs a terminal_url
+    /// whose merchant answers code 0).
+    #[arg(long)]
+    terminal: bool,
+    /// Seed for the flow mix (the ids differ per run either way).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the summary as one JSON line.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => serve(config),
+        Command::Simulate(args) => run(|| simulate(args)),
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(config) => {
                 for key in config.literal_secrets() {
@@ -197,6 +247,48 @@ async fn watch_signals(shutdown: CancellationToken) {
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
     tracing::warn!("second signal: exiting now");
     std::process::exit(130);
+}
+
+fn simulate(a: SimulateArgs) -> Result<ExitCode, String> {
+    let shares = [
+        a.retry_share,
+        a.resend_share,
+        a.bad_signature_share,
+        a.malformed_share,
+    ];
+    if shares.iter().any(|s| !(0.0..=1.0).contains(s)) {
+        return Err("shares must be between 0 and 1".into());
+    }
+    let plan = crate::simulate::Plan {
+        target: a.target.trim_end_matches('/').to_string(),
+        secret: resolve_secret(&a.secret)?,
+        project: a.project,
+        flows: a.flows,
+        seconds: a.seconds,
+        rate: a.rate,
+        connections: a.connections,
+        retry_share: a.retry_share,
+        resend_share: a.resend_share,
+        bad_signature_share: a.bad_signature_share,
+        malformed_share: a.malformed_share,
+        terminal: a.terminal,
+        seed: a.seed,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    let summary = runtime.block_on(crate::simulate::run(plan));
+    if a.json {
+        println!("{}", serde_json::to_string(&summary).expect("plain data"));
+    } else {
+        print!("{summary}");
+    }
+    Ok(if summary.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// Runs a subcommand; an `Err` is malformed input: one line on stderr, exit 2.

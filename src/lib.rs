@@ -8,7 +8,8 @@
 //! - `dedup`, `journal`: durable keys and the group-committed redb journal.
 //! - `terminal`: verify/check_deposit under a budget; `webhook`: outbound signatures.
 //! - `delivery`: fan-out to merchant endpoints, retries, breaker, dead letters.
-//! - `app`: start and shutdown order; `cli`: the subcommands.
+//! - `app`: start and shutdown order; `cli`: the subcommands; `simulate`: the
+//!   platform's side, for load and acceptance runs.
 //!
 //! Life of a callback: `http` reads the body into one `Bytes` → `verifier` runs
 //! `callback::verify` (parse once, project, signature, dedup key, routes) →
@@ -27,6 +28,7 @@ pub mod journal;
 pub mod metrics;
 pub mod projects;
 pub mod signature;
+pub mod simulate;
 pub mod telemetry;
 pub mod terminal;
 pub mod verifier;

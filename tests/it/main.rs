@@ -6,5 +6,6 @@ mod ingest;
 mod k6_signer;
 mod lifecycle;
 mod signature;
+mod simulate;
 mod support;
 mod terminal;

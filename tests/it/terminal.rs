@@ -16,13 +16,13 @@ use crate::support::{Gateway, signed_for, vectors};
 const SECRET: &str = "terminal-secret";
 
 /// A merchant backend: answers by `customer_id`, counts requests per body.
-struct Merchant {
-    addr: SocketAddr,
+pub(crate) struct Merchant {
+    pub addr: SocketAddr,
     seen: Arc<Mutex<HashMap<Vec<u8>, usize>>>,
 }
 
 impl Merchant {
-    fn start() -> Merchant {
+    pub fn start() -> Merchant {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<HashMap<Vec<u8>, usize>>> = Arc::default();
