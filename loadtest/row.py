@@ -1,11 +1,12 @@
 """One table row from a load tool's JSON on stdin: rps|p50|p99|p99.9|errors|ratio.
-Usage: oha ... --output-format json | python3 row.py oha [BASELINE_RPS]
-       callback_load ...            | python3 row.py load [BASELINE_RPS]
+Usage: oha ... --output-format json | python3 row.py oha [BASELINE_RPS|base]
+       callback_load ...            | python3 row.py load [BASELINE_RPS|base]
+       cbgate simulate --json ...   | python3 row.py simulate [BASELINE_RPS|base]
 Errors are transport errors plus any answer that is not 2xx."""
 import json
 import sys
 
-tool, base = sys.argv[1], (float(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[2] else None)
+tool, base = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else "")
 d = json.load(sys.stdin)
 if tool == "oha":
     s, p = d["summary"], d["latencyPercentiles"]
@@ -14,8 +15,13 @@ if tool == "oha":
     # Requests still in flight when -z ends are reported as "aborted due to deadline".
     bad += sum(v for k, v in (d.get("errorDistribution") or {}).items() if "deadline" not in k)
     rps, lat = s["requestsPerSec"], [(p[k] or 0) * 1000 for k in ("p50", "p99", "p99.9")]
+elif tool == "simulate":
+    # Expected 400s are part of the mix; errors are wrong answers and transport errors.
+    bad = d["mismatch_count"] + d["transport_errors"]
+    rps, lat = d["requests_per_second"], [d["p50_ms"], d["p99_ms"], d["p999_ms"]]
 else:
     bad = sum(int(x.split(":")[1]) for x in d["statuses"] if not x.startswith("2"))
     rps, lat = d["rps"], [d["p50_ms"], d["p99_ms"], d["p999_ms"]]
-ratio = "%.2fx" % (rps / base) if base else "baseline"
+# BASELINE_RPS: a number gives the ratio, "base" marks the baseline row itself.
+ratio = {"": "—", "base": "baseline"}.get(base) or "%.2fx" % (rps / float(base))
 print("%.0f|%.2f|%.2f|%.2f|%d|%s" % (rps, lat[0], lat[1], lat[2], bad, ratio))

@@ -78,9 +78,9 @@ EOF
 
 rows=()
 row() { rows+=("| $1 | $2 | $3 | $4 | $5 | $6 | $7 | $8 | $9 |"); }
-# oha_row URL BODY [BASELINE_RPS]: one oha run as "rps|p50|p99|p99.9|errors|ratio".
+# oha_row URL BODY [BASELINE_RPS] [OHA_FLAGS]: one oha run as "rps|p50|p99|p99.9|errors|ratio".
 oha_row() {
-  oha -z "${SECS}s" -c "$CONN" --no-tui --output-format json -m POST -T application/json -D "$2" "$1" \
+  oha -z "${SECS}s" -c "$CONN" ${4:-} --no-tui --output-format json -m POST -T application/json -D "$2" "$1" \
     | python3 loadtest/row.py oha "${3:-}"
 }
 # load_row URL START_OP [BASELINE_RPS] [--stamp]: distinct signed callbacks.
@@ -95,21 +95,34 @@ add() { # scenario tool target result
 }
 
 # 1. Callbacks, distinct (every one accepted and fsynced) vs the HTTP ceiling.
-r=$(load_row http://127.0.0.1:18080/callbacks 1); add "callbacks, distinct" callback_load "bare hyper" "$r"
+r=$(load_row http://127.0.0.1:18080/callbacks 1 base); add "callbacks, distinct" callback_load "bare hyper" "$r"
 base=$(cut -d'|' -f1 <<<"$r")
 r=$(load_row http://127.0.0.1:18081/callbacks 1 "$base"); add "callbacks, distinct" callback_load "cbgate (fdatasync group commit)" "$r"
+cb_accepted=$(cut -d'|' -f1 <<<"$r"); ceiling=$base
 # 2. Callbacks, one body repeated: after the first, cbgate's duplicate path.
-r=$(oha_row http://127.0.0.1:18080/callbacks "$work/callback.signed.json"); add "callbacks, same body" oha "bare hyper" "$r"
+r=$(oha_row http://127.0.0.1:18080/callbacks "$work/callback.signed.json" base); add "callbacks, same body" oha "bare hyper" "$r"
 base=$(cut -d'|' -f1 <<<"$r")
 r=$(oha_row http://127.0.0.1:18081/callbacks "$work/callback.signed.json" "$base"); add "callbacks, same body" oha "cbgate (duplicate path)" "$r"
+cb_duplicate=$(cut -d'|' -f1 <<<"$r")
 # 3. The merchant's own Python handler with the platform SDK.
 r=$(oha_row http://127.0.0.1:18070/ "$work/callback.signed.json"); add "callbacks, same body" oha "Python ecommpay-sdk, gunicorn -w $(nproc)" "$r"
 py=$(cut -d'|' -f1 <<<"$r")
 # 4. Terminal verify: straight to the stub, through nginx, through cbgate.
-r=$(oha_row http://127.0.0.1:19000/terminal "$work/verify.signed.json"); add "terminal verify" oha "merchant stub direct" "$r"
+r=$(oha_row http://127.0.0.1:19000/terminal "$work/verify.signed.json" base); add "terminal verify" oha "merchant stub direct" "$r"
 base=$(cut -d'|' -f1 <<<"$r")
 r=$(oha_row http://127.0.0.1:18090/terminal "$work/verify.signed.json" "$base"); add "terminal verify" oha "nginx → stub" "$r"
+nginx_rps=$(cut -d'|' -f1 <<<"$r")
 r=$(oha_row http://127.0.0.1:18081/terminal "$work/verify.signed.json" "$base"); add "terminal verify" oha "cbgate → stub" "$r"
+cbgate_terminal_rps=$(cut -d'|' -f1 <<<"$r")
+# 4b. The same at a steady 2,000 req/s (no hop saturated): the latency each hop adds.
+r=$(oha_row http://127.0.0.1:19000/terminal "$work/verify.signed.json" "" "-q 2000"); add "terminal verify @2k/s" oha "merchant stub direct" "$r"
+r=$(oha_row http://127.0.0.1:18090/terminal "$work/verify.signed.json" "" "-q 2000"); add "terminal verify @2k/s" oha "nginx → stub" "$r"
+r=$(oha_row http://127.0.0.1:18081/terminal "$work/verify.signed.json" "" "-q 2000"); add "terminal verify @2k/s" oha "cbgate → stub" "$r"
+# 4c. The platform's mix (kiosk flows, OTP, refunds, retries, bad input), every answer checked.
+r=$( { "$BIN/cbgate" simulate --target http://127.0.0.1:18081 --secret $SECRET --terminal --json \
+      --flows 100000000 --seconds "$SECS" --connections "$CONN" --bad-signature-share 0.01 --malformed-share 0.01 \
+      || true; } | python3 loadtest/row.py simulate)
+add "platform mix" "cbgate simulate" "cbgate (+ stub for terminal)" "$r"
 # 5. End to end: accepted and delivered, with the lag from send to the endpoint.
 start "$BIN/cbgate" serve --config "$work/cbgate-delivery.toml"
 wait_port 18082
@@ -132,5 +145,13 @@ stats=$(curl -s http://127.0.0.1:19000/stats)
   printf '%s\n' "${rows[@]}"
   echo
   echo "End to end: $accepted callbacks accepted, $delivered delivered to the stub; the backlog drained ${drain}s after the load stopped. Stub: $stats"
-  echo "Python SDK baseline: $py req/s."
+  python3 - "$cb_accepted" "$cb_duplicate" "$ceiling" "$py" "$cbgate_terminal_rps" "$nginx_rps" <<'PY'
+import sys
+acc, dup, ceil, py, term, nginx = map(float, sys.argv[1:])
+verdict = lambda ok: "met" if ok else "MISSED"
+print(f"Targets: callbacks accepted at {acc / ceil:.2f}x the bare hyper ceiling (>= 0.50x: {verdict(acc >= 0.5 * ceil)}); "
+      f"{acc / py:.1f}x the Python SDK handler on the accepted path, {dup / py:.1f}x on the duplicate path "
+      f"(>= 20x: {verdict(acc >= 20 * py)}); terminal through cbgate at {term / nginx:.2f}x nginx's throughput "
+      f"(no worse than the nginx hop: {verdict(term >= nginx)}).")
+PY
 } | tee "$OUT"

@@ -74,6 +74,7 @@ pub struct Summary {
     pub requests_per_second: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    pub p999_ms: f64,
 }
 
 impl Summary {
@@ -452,6 +453,7 @@ pub async fn run(plan: Plan) -> Summary {
         requests_per_second: load(&tally.sent) as f64 / seconds.max(1e-9),
         p50_ms: pct(0.5),
         p99_ms: pct(0.99),
+        p999_ms: pct(0.999),
     }
 }
 
