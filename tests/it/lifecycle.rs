@@ -1,11 +1,14 @@
 //! Operating the gateway: health and readiness, the admin token, metrics that a real
-//! Prometheus parser reads, SIGHUP reloads, SIGTERM drains without losing a 200.
+//! Prometheus parser reads, SIGHUP reloads (secrets, endpoints), SIGTERM drains without
+//! losing a 200, and logs that never carry secrets, signatures or customer data.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::endpoint::Endpoint;
 use crate::support::{Conn, Gateway, request, seed_callbacks, signed_for};
+use crate::terminal::Merchant;
 
 const SECRET: &str = "life-secret";
 
@@ -195,5 +198,99 @@ fn sigterm_under_load_drains_and_loses_no_acknowledged_callback() {
             r#"{"status":"duplicate"}"#,
             "#{i} lost"
         );
+    }
+}
+
+#[test]
+fn sighup_with_a_new_endpoint_routes_new_events_to_it() {
+    let g = Gateway::start(&project(SECRET));
+    let before = callback(20, SECRET);
+    assert_eq!(g.post("/callbacks", &before).0, 200);
+    let endpoint = Endpoint::ok();
+    let mut text = std::fs::read_to_string(&g.config_path).unwrap();
+    text.push_str(&format!(
+        "\n[[projects.endpoints]]\nname = \"added\"\nurl = \"{}\"\n\
+         secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n",
+        endpoint.url()
+    ));
+    std::fs::write(&g.config_path, text).unwrap();
+    g.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while g.metric("cbgate_config_reloads_total", &[("result", "ok")]) < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "reload not applied:\n{}",
+            g.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let after = callback(21, SECRET);
+    assert_eq!(g.post("/callbacks", &after).0, 200);
+    assert!(
+        endpoint.wait_delivered(1, Duration::from_secs(30)),
+        "{}",
+        g.log()
+    );
+    // Routing is decided when an event is accepted: the earlier one had no endpoint.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(endpoint.delivered(), vec![after]);
+}
+
+#[test]
+fn logs_carry_no_secret_signature_or_customer_data() {
+    let merchant = Merchant::start();
+    let g = Gateway::start(&format!(
+        "{}method = \"kassa24\"\nterminal_url = \"http://{}/terminal\"\n",
+        project(SECRET),
+        merchant.addr
+    ));
+    let good = callback(30, SECRET);
+    let forged = callback(31, "forged-secret");
+    assert_eq!(g.post("/callbacks", &good).0, 200);
+    assert_eq!(g.post("/callbacks", &good).0, 200);
+    assert_eq!(g.post("/callbacks", &forged).0, 400);
+    assert_eq!(g.post("/callbacks", b"{\"project_id\":1234,").0, 400);
+    // A merchant answering garbage makes the gateway log a warning about it.
+    let verify = |customer: &str| {
+        cbgate::signature::attach(
+            format!(r#"{{"type":"verify","customer_id":"{customer}","project_id":1234}}"#)
+                .as_bytes(),
+            SECRET,
+        )
+        .unwrap()
+    };
+    assert_eq!(g.post("/terminal", &verify("acct-broken")).0, 200);
+    assert_eq!(g.post("/terminal", &verify("77012345678")).0, 200);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while g.log().matches("cbgate::access").count() < 6 {
+        assert!(
+            Instant::now() < deadline,
+            "access lines missing:\n{}",
+            g.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = g.log();
+    assert!(log.contains("terminal merchant error"), "{log}");
+    let field = |body: &[u8], path: &[&str]| {
+        let mut v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        for key in path {
+            v = v[*key].take();
+        }
+        v.as_str().unwrap().to_string()
+    };
+    let secrets = [
+        SECRET.to_string(),
+        "forged-secret".into(),
+        field(&good, &["signature"]),
+        field(&forged, &["signature"]),
+        field(&good, &["customer", "id"]),
+        field(&good, &["account", "number"]),
+        "acct-broken".into(),
+        "77012345678".into(),
+    ];
+    for secret in secrets {
+        assert!(!log.contains(&secret), "{secret:?} logged:\n{log}");
     }
 }
