@@ -2,7 +2,8 @@
 # A/B of two cbgate binaries under the same load, alternating rounds so machine noise
 # hits both alike: distinct callbacks (callback_load) and terminal verify (oha).
 #   loadtest/ab.sh OLD_BIN NEW_BIN [ROUNDS=3]     (SECS=6 per run, CONN=64; 127.0.0.1 only)
-# Prints req/s and p99 per round and the median ratio NEW/OLD per scenario.
+# Prints req/s, p99 and the gateway's CPU µs per request per round, and the median
+# ratio NEW/OLD per scenario.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 A=$1 B=$2 ROUNDS=${3:-3}
@@ -16,31 +17,55 @@ source loadtest/harness.sh
 start target/release/examples/merchant_stub 127.0.0.1:19000
 loadtest/bodies.sh "$work" $SECRET 1234 "$A"
 
-# run BIN ROUND: one gateway on fresh data, both scenarios; prints "callbacks rps p99" and "terminal rps p99".
+# The gateway's CPU time so far, in clock ticks (user + system, all threads).
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# run BIN ROUND: one gateway on fresh data, both scenarios; prints "SCENARIO rps p99_ms cpu_us_per_request".
 run() {
   gateway_config 18081 19091 "data-$2" >"$work/c.toml"
   start "$1" serve --config "$work/c.toml"
-  local g=${pids[-1]}
+  local g=${pids[-1]} t
   wait_port 18081
+  t=$(ticks "$g")
   target/release/examples/callback_load http://127.0.0.1:18081/callbacks $SECRET 1234 --connections "$CONN" \
-    --seconds "$SECS" --start-op 1 | python3 -c 'import json,sys; d=json.load(sys.stdin); print("callbacks", round(d["rps"]), d["p99_ms"])'
+    --seconds "$SECS" --start-op 1 >"$work/load.json"
+  python3 - callbacks "$t" "$(ticks "$g")" "$hz" "$work/load.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[5]))
+print(sys.argv[1], round(d["rps"]), d["p99_ms"], round((float(sys.argv[3]) - float(sys.argv[2])) / float(sys.argv[4]) / d["sent"] * 1e6, 1))
+PY
+  t=$(ticks "$g")
   oha -z "${SECS}s" -c "$CONN" --no-tui --output-format json -m POST -T application/json -D "$work/verify.signed.json" \
-    http://127.0.0.1:18081/terminal \
-    | python3 -c 'import json,sys; d=json.load(sys.stdin); print("terminal", round(d["summary"]["requestsPerSec"]), round(d["latencyPercentiles"]["p99"]*1000, 2))'
+    http://127.0.0.1:18081/terminal >"$work/oha.json"
+  python3 - terminal "$t" "$(ticks "$g")" "$hz" "$work/oha.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[5]))
+n = sum((d.get("statusCodeDistribution") or {}).values())
+cpu = (float(sys.argv[3]) - float(sys.argv[2])) / float(sys.argv[4]) / n * 1e6
+print(sys.argv[1], round(d["summary"]["requestsPerSec"]), round(d["latencyPercentiles"]["p99"] * 1000, 2), round(cpu, 1))
+PY
   kill "$g"; wait "$g" 2>/dev/null || true
   rm -rf "$work/data-$2"
 }
+hz=$(getconf CLK_TCK)
 
+# Not in a pipeline: run must start its gateway in this shell, so the exit trap stops it.
 for round in $(seq "$ROUNDS"); do
-  run "$A" "a$round" | sed "s/^/A $round /"
-  run "$B" "b$round" | sed "s/^/B $round /"
-done | tee "$work/ab.txt"
+  for side in A B; do
+    bin=$A; [ $side = B ] && bin=$B
+    run "$bin" "$side$round" >"$work/round.txt"
+    sed "s/^/$side $round /" "$work/round.txt" | tee -a "$work/ab.txt"
+  done
+done
 python3 - "$work/ab.txt" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
 for scenario in ("callbacks", "terminal"):
     a = [float(r[3]) for r in rows if r[0] == "A" and r[2] == scenario]
     b = [float(r[3]) for r in rows if r[0] == "B" and r[2] == scenario]
-    print(f"{scenario}: A median {statistics.median(a):.0f} req/s, B median {statistics.median(b):.0f} req/s, "
+    ca = [float(r[5]) for r in rows if r[0] == "A" and r[2] == scenario]
+    cb = [float(r[5]) for r in rows if r[0] == "B" and r[2] == scenario]
+    print(f"{scenario}: A median {statistics.median(a):.0f} req/s ({statistics.median(ca):.1f} µs CPU/request), "
+          f"B median {statistics.median(b):.0f} req/s ({statistics.median(cb):.1f} µs CPU/request), "
           f"B/A {statistics.median(b) / statistics.median(a):.3f}")
 PY
