@@ -80,12 +80,12 @@ fn env(g: &Gateway, secret: &str) -> Vec<(&'static str, String)> {
         ("BASE", format!("http://{}", g.addr)),
         ("SECRET", secret.to_string()),
         ("PROJECT", "1234".into()),
-        ("RATE", "40".into()),
-        ("TERMINAL_RATE", "10".into()),
+        ("RATE", "20".into()),
+        ("TERMINAL_RATE", "5".into()),
         ("DURATION", "3s".into()),
         ("P99_MS", "2000".into()),
         ("RETRY_SHARE", "0.3".into()),
-        ("BAD_SHARE", "0.1".into()),
+        ("BAD_SHARE", "0.2".into()),
     ]
 }
 
