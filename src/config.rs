@@ -43,6 +43,10 @@ pub struct Server {
     pub header_read_timeout: Duration,
     #[serde(deserialize_with = "duration")]
     pub body_read_timeout: Duration,
+    /// Threads serving HTTP (tokio workers), fixed at start; 0 = one per core (or
+    /// `TOKIO_WORKER_THREADS`). Fewer than cores can cut tail latency on a machine
+    /// shared with other busy processes (BENCHMARKS.md).
+    pub worker_threads: usize,
     /// Signature checks on this many dedicated threads; 0 checks inline on the
     /// reactor threads (measured faster on 2 cores, see BENCHMARKS.md).
     pub verifier_threads: usize,
@@ -61,6 +65,7 @@ impl Default for Server {
             max_connections: 10_000,
             header_read_timeout: Duration::from_secs(5),
             body_read_timeout: Duration::from_secs(10),
+            worker_threads: 0,
             verifier_threads: 0,
             signature_fallback: true,
         }
@@ -403,6 +408,12 @@ impl Config {
         }
         if s.max_connections == 0 {
             out.push("server.max_connections: must be at least 1".into());
+        }
+        if s.worker_threads > 1024 || s.verifier_threads > 1024 {
+            out.push(format!(
+                "server.worker_threads / verifier_threads: {} / {} is more than 1024",
+                s.worker_threads, s.verifier_threads
+            ));
         }
         if let Some(token) = &s.admin_token
             && let Err(e) = token.resolve()

@@ -29,6 +29,7 @@ pub const TERMINAL_ANSWERS_TOTAL: &str = "cbgate_terminal_answers_total";
 pub const TERMINAL_BUDGET_MISSES_TOTAL: &str = "cbgate_terminal_budget_misses_total";
 pub const TERMINAL_MERCHANT_ERRORS_TOTAL: &str = "cbgate_terminal_merchant_errors_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "cbgate_config_reloads_total";
+pub const WORKER_THREADS: &str = "cbgate_worker_threads";
 
 /// Installs the global recorder once; later calls return the same handle.
 pub fn install() -> PrometheusHandle {

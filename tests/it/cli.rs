@@ -144,6 +144,10 @@ fn bad_configs_are_refused_with_their_reason() {
             "[storage]\nengine = \"cassandra\"\n".into(),
             "unknown variant `cassandra`",
         ),
+        (
+            format!("[server]\nworker_threads = 100000\n{project}"),
+            "more than 1024",
+        ),
     ];
     for (i, (text, says)) in cases.iter().enumerate() {
         let file = dir.path().join(format!("bad{i}.toml"));

@@ -294,3 +294,17 @@ fn logs_carry_no_secret_signature_or_customer_data() {
         assert!(!log.contains(&secret), "{secret:?} logged:\n{log}");
     }
 }
+
+#[test]
+fn worker_threads_sets_the_number_of_http_threads() {
+    for workers in [1usize, 3] {
+        let g = Gateway::start_with(&project(SECRET), &format!("worker_threads = {workers}"));
+        assert_eq!(g.post("/callbacks", &callback(40, SECRET)).0, 200);
+        assert_eq!(
+            g.metric("cbgate_worker_threads", &[]),
+            workers as f64,
+            "{}",
+            g.log()
+        );
+    }
+}
