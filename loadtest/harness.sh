@@ -11,13 +11,14 @@ trap cleanup EXIT
 start() { "$@" >>"$work/procs.log" 2>&1 & pids+=($!); }
 wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.05; done; echo "port $1 not up" >&2; exit 1; }
 
-# gateway_config LISTEN_PORT ADMIN_PORT DATA_NAME [EXTRA_TOML]: project 1234 signed with
-# $SECRET, terminal requests to the stub on :19000.
+# gateway_config LISTEN_PORT ADMIN_PORT DATA_NAME [EXTRA_TOML] [SERVER_TOML]: project 1234
+# signed with $SECRET, terminal requests to the stub on :19000.
 gateway_config() {
   cat <<EOF
 [server]
 listen = "127.0.0.1:$1"
 admin_listen = "127.0.0.1:$2"
+${5:-}
 [storage]
 dir = "$work/$3"
 [log]
