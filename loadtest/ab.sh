@@ -19,8 +19,25 @@ loadtest/bodies.sh "$work" $SECRET 1234 "$A"
 
 # The gateway's CPU time so far, in clock ticks (user + system, all threads).
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
 
-# run BIN ROUND: one gateway on fresh data, both scenarios; prints "SCENARIO rps p99_ms cpu_us_per_request".
+# line SCENARIO TICKS_BEFORE TICKS_AFTER JSON: "SCENARIO rps p99_ms cpu_us_per_request" from
+# callback_load's or oha's JSON.
+line() {
+  python3 - "$@" "$hz" <<'PY'
+import json, sys
+scenario, before, after, path, hz = sys.argv[1:]
+d = json.load(open(path))
+if "summary" in d:  # oha
+    n = sum((d.get("statusCodeDistribution") or {}).values())
+    rps, p99 = d["summary"]["requestsPerSec"], d["latencyPercentiles"]["p99"] * 1000
+else:  # callback_load
+    n, rps, p99 = d["sent"], d["rps"], d["p99_ms"]
+print(scenario, round(rps), round(p99, 2), round((float(after) - float(before)) / float(hz) / n * 1e6, 1))
+PY
+}
+
+# run BIN ROUND: one gateway on fresh data, both scenarios, a line each.
 run() {
   gateway_config 18081 19091 "data-$2" >"$work/c.toml"
   start "$1" serve --config "$work/c.toml"
@@ -29,25 +46,14 @@ run() {
   t=$(ticks "$g")
   target/release/examples/callback_load http://127.0.0.1:18081/callbacks $SECRET 1234 --connections "$CONN" \
     --seconds "$SECS" --start-op 1 >"$work/load.json"
-  python3 - callbacks "$t" "$(ticks "$g")" "$hz" "$work/load.json" <<'PY'
-import json, sys
-d = json.load(open(sys.argv[5]))
-print(sys.argv[1], round(d["rps"]), d["p99_ms"], round((float(sys.argv[3]) - float(sys.argv[2])) / float(sys.argv[4]) / d["sent"] * 1e6, 1))
-PY
+  line callbacks "$t" "$(ticks "$g")" "$work/load.json"
   t=$(ticks "$g")
   oha -z "${SECS}s" -c "$CONN" --no-tui --output-format json -m POST -T application/json -D "$work/verify.signed.json" \
     http://127.0.0.1:18081/terminal >"$work/oha.json"
-  python3 - terminal "$t" "$(ticks "$g")" "$hz" "$work/oha.json" <<'PY'
-import json, sys
-d = json.load(open(sys.argv[5]))
-n = sum((d.get("statusCodeDistribution") or {}).values())
-cpu = (float(sys.argv[3]) - float(sys.argv[2])) / float(sys.argv[4]) / n * 1e6
-print(sys.argv[1], round(d["summary"]["requestsPerSec"]), round(d["latencyPercentiles"]["p99"] * 1000, 2), round(cpu, 1))
-PY
+  line terminal "$t" "$(ticks "$g")" "$work/oha.json"
   kill "$g"; wait "$g" 2>/dev/null || true
   rm -rf "$work/data-$2"
 }
-hz=$(getconf CLK_TCK)
 
 # Not in a pipeline: run must start its gateway in this shell, so the exit trap stops it.
 for round in $(seq "$ROUNDS"); do

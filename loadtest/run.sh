@@ -101,11 +101,12 @@ cbgate_terminal_rps=$(cut -d'|' -f1 <<<"$r")
 # 4b. The same at a steady 2,000 req/s (no hop saturated): the latency each hop adds.
 r=$(oha_row http://127.0.0.1:19000/terminal "$work/verify.signed.json" "" "-q 2000"); add "terminal verify @2k/s" oha "merchant stub direct" "$r"
 direct_p99=$(cut -d'|' -f3 <<<"$r")
+over_direct() { python3 -c "print(f'{$(cut -d'|' -f3 <<<"$1") - $direct_p99:.2f}')"; } # p99 a hop adds
 r=$(oha_row http://127.0.0.1:18090/terminal "$work/verify.signed.json" "" "-q 2000"); add "terminal verify @2k/s" oha "nginx → stub" "$r"
 r=$(oha_row http://127.0.0.1:18081/terminal "$work/verify.signed.json" "" "-q 2000"); add "terminal verify @2k/s" oha "cbgate → stub" "$r"
-added_p99=$(python3 -c "print(f'{$(cut -d'|' -f3 <<<"$r") - $direct_p99:.2f}')")
+added_p99=$(over_direct "$r")
 r=$(oha_row http://127.0.0.1:18083/terminal "$work/verify.signed.json" "" "-q 2000"); add "terminal verify @2k/s" oha "cbgate (worker_threads = 1) → stub" "$r"
-added_p99_1w=$(python3 -c "print(f'{$(cut -d'|' -f3 <<<"$r") - $direct_p99:.2f}')")
+added_p99_1w=$(over_direct "$r")
 # 4c. The platform's mix (kiosk flows, OTP, refunds, retries, bad input), every answer checked.
 r=$( { "$BIN/cbgate" simulate --target http://127.0.0.1:18081 --secret $SECRET --terminal --json \
       --flows 100000000 --seconds "$SECS" --connections "$CONN" --bad-signature-share 0.01 --malformed-share 0.01 \

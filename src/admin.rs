@@ -41,8 +41,6 @@ impl Admin {
                 }
             }
             "/metrics" => {
-                let workers = tokio::runtime::Handle::current().metrics().num_workers();
-                metrics::gauge!(m::WORKER_THREADS).set(workers as f64);
                 if let Some(journal) = self.journal.get() {
                     metrics::gauge!(m::DEDUP_KEYS).set(journal.dedup_len() as f64);
                     metrics::gauge!(m::JOURNAL_QUEUE_DEPTH).set(journal.queued() as f64);

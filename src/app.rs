@@ -44,6 +44,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
     let metrics = m::install();
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    metrics::gauge!(m::WORKER_THREADS).set(workers as f64);
     let ready = Arc::new(AtomicBool::new(false));
     let projects = Arc::new(ArcSwap::from_pointee(
         Projects::build(&config).map_err(AppError::Config)?,

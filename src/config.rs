@@ -409,11 +409,13 @@ impl Config {
         if s.max_connections == 0 {
             out.push("server.max_connections: must be at least 1".into());
         }
-        if s.worker_threads > 1024 || s.verifier_threads > 1024 {
-            out.push(format!(
-                "server.worker_threads / verifier_threads: {} / {} is more than 1024",
-                s.worker_threads, s.verifier_threads
-            ));
+        for (key, threads) in [
+            ("worker_threads", s.worker_threads),
+            ("verifier_threads", s.verifier_threads),
+        ] {
+            if threads > 1024 {
+                out.push(format!("server.{key}: {threads} is more than 1024"));
+            }
         }
         if let Some(token) = &s.admin_token
             && let Err(e) = token.resolve()

@@ -39,14 +39,23 @@ export function thresholds(kinds) {
   return t;
 }
 
-// A run id (from setup) keeps ids unique across runs against the same journal.
-export function setupRun() {
+// k6's setup: a run id keeps ids unique across runs against the same journal.
+export function setup() {
   return { run: `${Date.now().toString(36)}` };
 }
 
 // Unique per iteration across VUs and runs.
-export function iterationId(data) {
+function iterationId(data) {
   return `${data.run}-${exec.vu.idInTest}-${exec.vu.iterationInScenario}`;
+}
+
+// The scenarios' exec functions, re-exported by the scripts that run them.
+export function callbacks(data) {
+  sendCallback(iterationId(data));
+}
+
+export function kiosk(data) {
+  kioskVisit(iterationId(data));
 }
 
 const json = { headers: { 'Content-Type': 'application/json' } };
@@ -55,7 +64,7 @@ const post = (path, body, kind, expected) =>
     expected ? { responseCallback: http.expectedStatuses(expected) } : {}));
 
 // The platform's payment callback for one kiosk payment (the seed's Kassa24 Terminal shape).
-export function callback(id, amount) {
+function callback(id, amount) {
   return {
     project_id: PROJECT,
     payment: {
@@ -76,7 +85,7 @@ export function callback(id, amount) {
 
 // Sends one callback as the platform does: the retry (the same bytes again, as after a
 // lost answer) must be answered 200 too; a tampered signature must get 400.
-export function sendCallback(id) {
+function sendCallback(id) {
   const payload = callback(id, 100 * (1 + (id.length % 50)));
   const body = signedBody(payload, SECRET);
   const res = post('/callbacks', body, 'callback');
@@ -94,7 +103,7 @@ export function sendCallback(id) {
 
 // One kiosk visit: verify the account, then check_deposit; the merchant at the project's
 // terminal_url must answer code 0 to both, through cbgate, within the budget.
-export function kioskVisit(id) {
+function kioskVisit(id) {
   const customer = `77${String(Math.abs(hash(id)) % 1e8).padStart(8, '0')}`;
   const verify = post('/terminal', signedBody({ type: 'verify', customer_id: customer, project_id: PROJECT }, SECRET), 'terminal');
   check(verify, { 'verify code 0': (r) => r.status === 200 && r.json('code') === 0 });

@@ -146,7 +146,7 @@ fn bad_configs_are_refused_with_their_reason() {
         ),
         (
             format!("[server]\nworker_threads = 100000\n{project}"),
-            "more than 1024",
+            "server.worker_threads: 100000 is more than 1024",
         ),
     ];
     for (i, (text, says)) in cases.iter().enumerate() {
