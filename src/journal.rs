@@ -14,7 +14,8 @@
 //! recovery skip a full scan, but start-up verifies the whole file anyway
 //! (`storage.verify_on_open`), so it would buy nothing (BENCHMARKS.md):
 //! - `meta`: `"next_seq" -> u64`.
-//! - `events`: `seq -> record` (see `Event::encode`).
+//! - `events`: `seq -> record` (see `Event::encode`), kept while a delivery of it is
+//!   pending or dead; one that no endpoint wanted goes when its dedup key expires.
 //! - `dedup_by_seq`: `(expires_s, seq) -> key`: ordered by expiry so a sweep is a
 //!   range delete, and by seq within it so a commit appends at the tree's right edge
 //!   (keyed by the digest, 64 inserts dirtied up to 64 random leaves: 2x slower).
@@ -392,7 +393,22 @@ impl Store for RedbStore {
                 }
             }
             if let Some(before) = group.sweep_before {
-                dedup.retain_in((0, 0)..(before, 0), |_, _| false)?;
+                let mut expired = Vec::new();
+                dedup.retain_in((0, 0)..(before, 0), |(_, seq), _| {
+                    expired.push(seq);
+                    false
+                })?;
+                // An event that no endpoint wanted (or that every endpoint took while its
+                // key lived) is only kept for its dedup key: it goes with the key.
+                if !expired.is_empty() {
+                    let dead_seqs = dead_seqs(&dead)?;
+                    for seq in expired {
+                        let pending = deliveries.range((seq, "")..(seq + 1, ""))?.next().is_some();
+                        if !pending && !dead_seqs.contains(&seq) {
+                            events.remove(seq)?;
+                        }
+                    }
+                }
             }
             tx.open_table(META)?.insert("next_seq", group.next_seq)?;
         }
@@ -528,6 +544,17 @@ impl RedbStore {
             next_seq,
         })
     }
+}
+
+/// Every seq with a dead letter (dead letters are keyed by endpoint first).
+fn dead_seqs(
+    dead: &redb::Table<(&str, u64), &[u8]>,
+) -> Result<std::collections::HashSet<u64>, JournalError> {
+    let mut seqs = std::collections::HashSet::new();
+    for row in dead.iter()? {
+        seqs.insert(row?.0.value().1);
+    }
+    Ok(seqs)
 }
 
 fn is_dead(dead: &redb::Table<(&str, u64), &[u8]>, seq: u64) -> Result<bool, JournalError> {
@@ -848,5 +875,86 @@ impl Writer {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(seq: u64, endpoints: &[&str]) -> Event {
+        Event {
+            seq,
+            accepted_ms: 0,
+            project: 1234,
+            dedup: DedupKey(u128::from(seq)),
+            order_key: format!("pay-{seq}"),
+            endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
+            body: Bytes::from_static(b"{}"),
+        }
+    }
+
+    fn commit(
+        store: &RedbStore,
+        events: Vec<(Event, u32)>,
+        updates: Vec<DeliveryUpdate>,
+        sweep: Option<u32>,
+    ) {
+        let group = Group {
+            events,
+            updates,
+            sweep_before: sweep,
+            next_seq: 10,
+        };
+        store.commit(&group).unwrap();
+    }
+
+    #[test]
+    fn a_sweep_drops_the_events_only_their_expired_keys_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path(), false).unwrap();
+        let dead = || DeliveryUpdate::Dead {
+            seq: 4,
+            endpoint: "b".into(),
+            state: vec![1],
+        };
+        commit(
+            &store,
+            vec![
+                (event(1, &[]), 100),    // unrouted
+                (event(2, &["a"]), 100), // still pending
+                (event(3, &["a"]), 100), // delivered below
+                (event(4, &["b"]), 100), // a dead letter below
+                (event(5, &[]), 300),    // its key lives on
+            ],
+            vec![],
+            None,
+        );
+        commit(
+            &store,
+            vec![],
+            vec![
+                DeliveryUpdate::Done {
+                    seq: 3,
+                    endpoint: "a".into(),
+                },
+                dead(),
+            ],
+            None,
+        );
+        assert!(
+            store.event(1).unwrap().is_some(),
+            "kept while its key lives"
+        );
+        assert!(store.event(3).unwrap().is_none(), "delivered: gone at once");
+
+        commit(&store, vec![], vec![], Some(200));
+        let left: Vec<u64> = (1..=5)
+            .filter(|&s| store.event(s).unwrap().is_some())
+            .collect();
+        assert_eq!(left, [2, 4, 5]);
+        let recovered = store.recover(150).unwrap();
+        assert_eq!(recovered.dedup, [(DedupKey(5), 300)]);
+        assert_eq!(recovered.pending, [(2, "a".to_string(), vec![])]);
     }
 }

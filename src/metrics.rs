@@ -31,7 +31,14 @@ pub const TERMINAL_MERCHANT_ERRORS_TOTAL: &str = "cbgate_terminal_merchant_error
 pub const CONFIG_RELOADS_TOTAL: &str = "cbgate_config_reloads_total";
 pub const WORKER_THREADS: &str = "cbgate_worker_threads";
 
+/// How often recorded histogram samples are folded into their buckets.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Installs the global recorder once; later calls return the same handle.
+///
+/// Also starts the `metrics-upkeep` thread: the exporter keeps every histogram sample
+/// until upkeep folds it into buckets, so without it memory grows with each request
+/// until someone scrapes `/metrics` (measured: 11 MB per 620k requests).
 pub fn install() -> PrometheusHandle {
     static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
     HANDLE
@@ -48,7 +55,22 @@ pub fn install() -> PrometheusHandle {
                 })
                 .expect("static buckets are valid")
                 .install_recorder()
+                .map(start_upkeep)
                 .expect("the metrics recorder is installed once")
         })
         .clone()
+}
+
+fn start_upkeep(handle: PrometheusHandle) -> PrometheusHandle {
+    let upkeep = handle.clone();
+    std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                upkeep.run_upkeep();
+            }
+        })
+        .expect("the metrics upkeep thread starts");
+    handle
 }
