@@ -112,7 +112,8 @@ pub async fn run(
         projects.clone(),
         &pending,
         accepted_rx,
-    );
+    )
+    .map_err(AppError::Config)?;
     drop(pending);
     let _ = admin.journal.set(journal.clone());
     let _ = admin.delivery.set(delivery.clone());
@@ -133,7 +134,7 @@ pub async fn run(
             config.server.signature_fallback,
         ),
         journal: journal.clone(),
-        terminal: Terminal::new(&config),
+        terminal: Terminal::new(&config).map_err(AppError::Config)?,
         limits,
         access_log: config.log.access,
     });

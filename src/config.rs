@@ -133,6 +133,8 @@ pub struct Delivery {
     /// Deliveries one endpoint holds in memory; a larger backlog stays in the journal
     /// and is read back as the endpoint catches up.
     pub max_queued: usize,
+    /// PEM CA certificates trusted for https endpoints beside the public web roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for Delivery {
@@ -148,6 +150,7 @@ impl Default for Delivery {
             breaker_failures: 5,
             breaker_cooldown: s(30),
             max_queued: 10_000,
+            ca_file: None,
         }
     }
 }
@@ -163,6 +166,8 @@ pub struct TerminalSettings {
     pub idempotency_max_entries: usize,
     #[serde(deserialize_with = "duration")]
     pub connect_timeout: Duration,
+    /// PEM CA certificates trusted for https terminal_urls beside the public web roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for TerminalSettings {
@@ -171,6 +176,7 @@ impl Default for TerminalSettings {
             idempotency_window: Duration::from_secs(600),
             idempotency_max_entries: 100_000,
             connect_timeout: Duration::from_millis(500),
+            ca_file: None,
         }
     }
 }
@@ -446,6 +452,16 @@ impl Config {
         if d.max_queued == 0 {
             out.push("delivery.max_queued: must be at least 1".into());
         }
+        for (key, ca_file) in [
+            ("delivery.ca_file", &d.ca_file),
+            ("terminal.ca_file", &self.terminal.ca_file),
+        ] {
+            if let Some(path) = ca_file
+                && let Err(e) = crate::outbound::load_certificates(path)
+            {
+                out.push(format!("{key}: {e}"));
+            }
+        }
         let mut ids = HashSet::new();
         for (i, p) in self.projects.iter().enumerate() {
             let at = format!("projects[{i}] (id {})", p.id);
@@ -608,6 +624,28 @@ mod tests {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }
         assert!(text.lines().all(|l| l.starts_with("bad.toml: ")));
+    }
+
+    #[test]
+    fn a_ca_file_must_hold_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let missing = dir.path().join("missing.pem");
+        let toml = format!(
+            "[delivery]\nca_file = \"{}\"\n[terminal]\nca_file = \"{}\"\n",
+            empty.display(),
+            missing.display()
+        );
+        let text = Config::from_toml("t.toml", &toml).unwrap_err().to_string();
+        assert!(
+            text.contains("delivery.ca_file:") && text.contains("holds no PEM certificate"),
+            "{text}"
+        );
+        assert!(
+            text.contains("terminal.ca_file: cannot read certificates from"),
+            "{text}"
+        );
     }
 
     #[test]

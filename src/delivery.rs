@@ -50,7 +50,7 @@ struct Shared {
     breaker_failures: u32,
     breaker_cooldown: Duration,
     max_queued: usize,
-    client: attempt::Client,
+    client: crate::outbound::Client,
     stop: CancellationToken,
 }
 
@@ -109,7 +109,7 @@ impl Delivery {
         projects: Arc<ArcSwap<Projects>>,
         pending: &[(u64, String, Vec<u8>)],
         accepted: crossbeam_channel::Receiver<Arc<Event>>,
-    ) -> Delivery {
+    ) -> Result<Delivery, String> {
         let mut recovered: HashMap<String, u64> = HashMap::new();
         for (_, key, _) in pending {
             *recovered.entry(key.clone()).or_default() += 1;
@@ -129,7 +129,12 @@ impl Delivery {
             breaker_failures: config.breaker_failures,
             breaker_cooldown: config.breaker_cooldown,
             max_queued: config.max_queued.max(1),
-            client: attempt::client(config.connect_timeout, config.max_in_flight),
+            client: crate::outbound::client(
+                config.connect_timeout,
+                config.max_in_flight,
+                config.ca_file.as_deref(),
+            )
+            .map_err(|e| format!("delivery.ca_file: {e}"))?,
             stop: CancellationToken::new(),
         });
         let delivery = Delivery {
@@ -156,7 +161,7 @@ impl Delivery {
                 }
             })
             .expect("the dispatcher thread starts");
-        delivery
+        Ok(delivery)
     }
 
     /// The command channel of `key`'s worker, started on first use.

@@ -6,7 +6,8 @@
 //! - `http`: listeners with limits; `ingress`: `/callbacks`, `/terminal`; `admin`.
 //! - `verifier`: where signature checks run; `callback`: the verified callback.
 //! - `dedup`, `journal`: durable keys and the group-committed redb journal.
-//! - `terminal`: verify/check_deposit under a budget; `webhook`: outbound signatures.
+//! - `terminal`: verify/check_deposit under a budget; `webhook`: outbound signatures;
+//!   `outbound`: the HTTP(S) client both use to reach merchants.
 //! - `delivery`: fan-out to merchant endpoints, retries, breaker, dead letters.
 //! - `app`: start and shutdown order; `cli`: the subcommands; `simulate`: the
 //!   platform's side, for load and acceptance runs.
@@ -26,6 +27,7 @@ pub mod http;
 pub mod ingress;
 pub mod journal;
 pub mod metrics;
+pub mod outbound;
 pub mod projects;
 pub mod signature;
 pub mod simulate;

@@ -11,14 +11,12 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Request, Response, StatusCode, header};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
 use crate::http::{Body, json};
 use crate::metrics as m;
+use crate::outbound;
 use crate::projects::{Project, Projects};
 use crate::signature::{self, Canonicalizer};
 use crate::verifier::with_canonicalizer;
@@ -90,7 +88,7 @@ impl Answer {
 
 /// Terminal request handling, shared by all connections.
 pub struct Terminal {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: outbound::Client,
     /// check_deposit answers by SHA-256 of the body, so a platform retry of the same
     /// request gets the same payment id; concurrent duplicates wait for the first.
     recent: DashMap<[u8; 32], (Instant, Slot)>,
@@ -100,22 +98,17 @@ pub struct Terminal {
 }
 
 impl Terminal {
-    pub fn new(config: &crate::config::Config) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.terminal.connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
-        Terminal {
+    pub fn new(config: &crate::config::Config) -> Result<Self, String> {
+        let t = &config.terminal;
+        let client = outbound::client(t.connect_timeout, usize::MAX, t.ca_file.as_deref())
+            .map_err(|e| format!("terminal.ca_file: {e}"))?;
+        Ok(Terminal {
             client,
             recent: DashMap::new(),
             window: config.terminal.idempotency_window,
             max_recent: config.terminal.idempotency_max_entries,
             fallback: config.server.signature_fallback,
-        }
+        })
     }
 
     /// Answers one terminal request: always HTTP 200 with a protocol `code`.

@@ -1,18 +1,15 @@
 //! One delivery attempt: the Standard Webhooks request, its outcome classified, and
 //! the attempt log kept as a delivery's durable state (small JSON, see `State`).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Request, header};
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::{Deserialize, Serialize};
 
 use crate::journal::{Event, now_ms};
+use crate::outbound::Client;
 use crate::projects::Endpoint;
 
 /// Attempts kept in a delivery's log; older ones are counted, not kept.
@@ -142,28 +139,6 @@ impl Class {
             _ => Class::HttpOther,
         }
     }
-}
-
-/// The outbound HTTP client, shared by every endpoint: pooled keep-alive
-/// connections per host, HTTP/1.1, TLS (rustls, webpki roots) for https URLs.
-pub type Client = HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>;
-
-pub fn client(connect_timeout: Duration, max_idle_per_host: usize) -> Client {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.set_nodelay(true);
-    connector.enforce_http(false);
-    let connector = HttpsConnectorBuilder::new()
-        .with_webpki_roots()
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(connector);
-    HyperClient::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(max_idle_per_host)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(connector)
 }
 
 /// `webhook-id`: the event's dedup key, the same on every attempt and restart, so a

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::endpoint::{Endpoint, Reply};
-use crate::support::{Gateway, free_addr, signed_for};
+use crate::support::{Gateway, TestTls, free_addr, signed_for};
 
 const SECRET: &str = "test-secret";
 const PROJECT: u64 = 77;
@@ -179,6 +179,37 @@ fn a_flaky_endpoint_gets_everything_in_the_end() {
             &[("endpoint", "77/flaky")]
         ) >= 15.0
     );
+}
+
+#[test]
+fn an_https_endpoint_with_a_private_ca_is_delivered_to_once_the_ca_is_configured() {
+    let tls = TestTls::new();
+    let endpoint = Endpoint::ok_tls(tls.server.clone());
+    assert!(endpoint.url().starts_with("https://"));
+    let body = callback("pay-tls", 90, "kassa24", "success");
+    // Without the CA the handshake fails: the event waits, counted as a connect failure.
+    let untrusted = Gateway::start(&config(FAST, &[("tls", &endpoint.url(), "")]));
+    accept(&untrusted, &body);
+    let failed = || {
+        untrusted.metric(
+            "cbgate_delivery_failures_total",
+            &[("endpoint", "77/tls"), ("class", "connect")],
+        )
+    };
+    let started = std::time::Instant::now();
+    while failed() == 0.0 && started.elapsed() < LONG {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(failed() > 0.0, "{}", untrusted.log());
+    assert!(endpoint.requests().is_empty());
+    drop(untrusted);
+    let trusted = Gateway::start(&config(
+        &format!("{FAST}\nca_file = \"{}\"", tls.ca_file().display()),
+        &[("tls", &endpoint.url(), "")],
+    ));
+    accept(&trusted, &body);
+    assert!(endpoint.wait_delivered(1, LONG), "{}", trusted.log());
+    assert_eq!(endpoint.delivered(), [body]);
 }
 
 #[test]

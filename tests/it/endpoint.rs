@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::{ReadWrite, accept};
+
 /// How to answer one request.
 #[derive(Debug, Clone, Copy)]
 pub enum Reply {
@@ -43,6 +45,7 @@ type Behave = dyn Fn(usize, &[u8]) -> Reply + Send + Sync;
 
 pub struct Endpoint {
     pub addr: SocketAddr,
+    scheme: &'static str,
     log: Arc<Mutex<Vec<Received>>>,
     stop: Arc<AtomicBool>,
 }
@@ -62,11 +65,28 @@ impl Endpoint {
         addr: SocketAddr,
         behave: impl Fn(usize, &[u8]) -> Reply + Send + Sync + 'static,
     ) -> Endpoint {
+        Self::listen(addr, None, Arc::new(behave))
+    }
+
+    /// An https endpoint that answers 200 to everything.
+    pub fn ok_tls(tls: Arc<rustls::ServerConfig>) -> Endpoint {
+        Self::listen(
+            "127.0.0.1:0".parse().unwrap(),
+            Some(tls),
+            Arc::new(|_, _| Reply::Status(200)),
+        )
+    }
+
+    fn listen(
+        addr: SocketAddr,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        behave: Arc<Behave>,
+    ) -> Endpoint {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let listener = TcpListener::bind(addr).unwrap();
         let addr = listener.local_addr().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let behave: Arc<Behave> = Arc::new(behave);
         let count = Arc::new(AtomicUsize::new(0));
         {
             let (log, stop) = (log.clone(), stop.clone());
@@ -76,17 +96,23 @@ impl Endpoint {
                         break;
                     }
                     let Ok(stream) = stream else { continue };
+                    let stream = accept(stream, tls.as_ref());
                     let (log, stop, behave, count) =
                         (log.clone(), stop.clone(), behave.clone(), count.clone());
                     std::thread::spawn(move || serve(stream, &log, &stop, &*behave, &count));
                 }
             });
         }
-        Endpoint { addr, log, stop }
+        Endpoint {
+            addr,
+            scheme,
+            log,
+            stop,
+        }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}/hooks", self.addr)
+        format!("{}://{}/hooks", self.scheme, self.addr)
     }
 
     pub fn requests(&self) -> Vec<Received> {
@@ -136,13 +162,12 @@ impl Drop for Endpoint {
 }
 
 fn serve(
-    stream: TcpStream,
+    stream: Box<dyn ReadWrite + Send>,
     log: &Mutex<Vec<Received>>,
     stop: &AtomicBool,
     behave: &Behave,
     count: &AtomicUsize,
 ) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
     let mut reader = BufReader::new(stream);
     loop {
         let mut line = String::new();

@@ -1,6 +1,7 @@
 //! Shared test harness: the shared signature vectors and helpers to run the binary.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cbgate");
 
@@ -323,3 +324,68 @@ pub fn signed_for(project: u64, payload_json: &str, secret: &str) -> Vec<u8> {
     v["project_id"] = serde_json::Value::from(project);
     cbgate::signature::attach(v.to_string().as_bytes(), secret).unwrap()
 }
+
+/// A private CA and a certificate it signed for `localhost` and 127.0.0.1: https test servers use
+/// `server`; cbgate trusts them only through `ca_file`.
+pub struct TestTls {
+    pub server: Arc<rustls::ServerConfig>,
+    dir: tempfile::TempDir,
+}
+
+impl TestTls {
+    pub fn new() -> TestTls {
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "cbgate test CA");
+        let ca =
+            rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().unwrap()).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .unwrap()
+                .signed_by(&key, &ca)
+                .unwrap();
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        TestTls {
+            server: Arc::new(server),
+            dir,
+        }
+    }
+
+    /// The CA certificate (PEM), for a `ca_file` key.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+}
+
+/// An accepted connection, plain or TLS (the handshake runs on first read); a peer
+/// silent for 30 s is dropped so no test thread waits forever.
+pub fn accept(
+    stream: TcpStream,
+    tls: Option<&Arc<rustls::ServerConfig>>,
+) -> Box<dyn ReadWrite + Send> {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    match tls {
+        None => Box::new(stream),
+        Some(config) => Box::new(rustls::StreamOwned::new(
+            rustls::ServerConnection::new(config.clone()).unwrap(),
+            stream,
+        )),
+    }
+}
+
+pub trait ReadWrite: std::io::Read + std::io::Write {}
+impl<T: std::io::Read + std::io::Write> ReadWrite for T {}

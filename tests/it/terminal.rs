@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{Gateway, signed_for, vectors};
+use crate::support::{Gateway, ReadWrite, TestTls, accept, signed_for, vectors};
 
 const SECRET: &str = "terminal-secret";
 
@@ -23,6 +23,11 @@ pub(crate) struct Merchant {
 
 impl Merchant {
     pub fn start() -> Merchant {
+        Self::start_tls(None)
+    }
+
+    /// As `start`, speaking https with `tls` when given.
+    pub fn start_tls(tls: Option<Arc<rustls::ServerConfig>>) -> Merchant {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<HashMap<Vec<u8>, usize>>> = Arc::default();
@@ -31,6 +36,7 @@ impl Merchant {
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let (seen, ids) = (s.clone(), ids.clone());
+                let stream = accept(stream, tls.as_ref());
                 std::thread::spawn(move || serve(stream, seen, ids));
             }
         });
@@ -43,7 +49,7 @@ impl Merchant {
 }
 
 fn serve(
-    stream: std::net::TcpStream,
+    stream: Box<dyn ReadWrite + Send>,
     seen: Arc<Mutex<HashMap<Vec<u8>, usize>>>,
     ids: Arc<AtomicUsize>,
 ) {
@@ -110,7 +116,11 @@ fn serve(
 
 /// Projects by dialect: 1234 Kassa24 (Monetix), 111 Kassa24 BVU, 2222 PayDala.
 fn gateway(merchant: &Merchant, budget: &str) -> Gateway {
-    let url = format!("http://{}/terminal", merchant.addr);
+    gateway_at(&format!("http://{}/terminal", merchant.addr), budget, "")
+}
+
+/// As `gateway`, with the merchant at `url` and `extra` tables before the projects.
+fn gateway_at(url: &str, budget: &str, extra: &str) -> Gateway {
     let projects = [(1234, "kassa24"), (111, "kassa24_bvu"), (2222, "terminal/paydala")]
         .iter()
         .map(|(id, method)| {
@@ -120,7 +130,7 @@ fn gateway(merchant: &Merchant, budget: &str) -> Gateway {
         })
         .collect::<Vec<_>>()
         .join("\n");
-    Gateway::start(&projects)
+    Gateway::start(&format!("{extra}\n{projects}"))
 }
 
 fn ask(g: &Gateway, project: u64, request: &Value) -> Value {
@@ -341,4 +351,35 @@ fn a_repeated_check_deposit_gets_the_same_payment_id_and_reaches_the_merchant_on
     other["amount"] = 200000.into();
     let second = ask(&g, 2222, &other);
     assert_ne!(second["payment_id"], first["payment_id"]);
+}
+
+#[test]
+fn an_https_merchant_is_reached_through_the_configured_ca_and_never_without_it() {
+    let tls = TestTls::new();
+    let merchant = Merchant::start_tls(Some(tls.server.clone()));
+    let url = format!("https://{}/terminal", merchant.addr);
+    let verify = json!({"type": "verify", "project_id": 1234, "customer_id": "acct-tls"});
+    let trusted = gateway_at(
+        &url,
+        "2s",
+        &format!("[terminal]\nca_file = \"{}\"\n", tls.ca_file().display()),
+    );
+    let answer = ask(&trusted, 1234, &verify);
+    assert_eq!(answer["code"], 0, "{answer}\n{}", trusted.log());
+    assert_eq!(answer["currency"], "KZT");
+    // The web's public roots do not vouch for a private CA: the handshake fails, the
+    // kiosk gets code 500 in time and the merchant never sees the request.
+    let untrusted = gateway_at(&url, "2s", "");
+    let answer = ask(&untrusted, 1234, &verify);
+    assert_eq!(answer["code"], 500, "{answer}");
+    assert_eq!(merchant.seen.lock().unwrap().values().sum::<usize>(), 1);
+    assert_eq!(
+        untrusted.metric(
+            "cbgate_terminal_merchant_errors_total",
+            &[("error", "transport")]
+        ),
+        1.0,
+        "{}",
+        untrusted.log()
+    );
 }
