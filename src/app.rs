@@ -44,8 +44,11 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
     let metrics = m::install();
-    let workers = tokio::runtime::Handle::current().metrics().num_workers();
-    metrics::gauge!(m::WORKER_THREADS).set(workers as f64);
+    let http_threads = match config.server.worker_threads {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    metrics::gauge!(m::WORKER_THREADS).set(http_threads as f64);
     let ready = Arc::new(AtomicBool::new(false));
     let projects = Arc::new(ArcSwap::from_pointee(
         Projects::build(&config).map_err(AppError::Config)?,
@@ -126,27 +129,42 @@ pub async fn run(
         "cbgate serving"
     );
 
-    let ingress = Arc::new(Ingress {
-        projects: projects.clone(),
-        verifier: Verifier::new(
-            config.server.verifier_threads,
-            config.server.max_json_depth,
-            config.server.signature_fallback,
-        ),
-        journal: journal.clone(),
-        terminal: Terminal::new(&config).map_err(AppError::Config)?,
-        limits,
-        access_log: config.log.access,
-    });
+    let verifier = Verifier::new(
+        config.server.verifier_threads,
+        config.server.max_json_depth,
+        config.server.signature_fallback,
+    );
+    // One Ingress per HTTP thread, each with its own merchant connections.
+    let first = Terminal::new(&config).map_err(AppError::Config)?;
+    let mut terminals = (1..http_threads)
+        .map(|_| first.with_own_pool())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(AppError::Config)?;
+    terminals.push(first);
+    let handlers = terminals
+        .into_iter()
+        .map(|terminal| {
+            let ingress = Arc::new(Ingress {
+                projects: projects.clone(),
+                verifier: verifier.clone(),
+                journal: journal.clone(),
+                terminal,
+                limits,
+                access_log: config.log.access,
+            });
+            move |req| ingress.clone().handle(req)
+        })
+        .collect();
 
     let stop_accepting = CancellationToken::new();
-    let platform = tokio::spawn(http::serve(
-        listener,
-        limits,
-        move |req| ingress.clone().handle(req),
-        stop_accepting.clone(),
-        GRACE,
-    ));
+    let platform = tokio::spawn(
+        http::serve_per_thread(listener, handlers, limits, stop_accepting.clone(), GRACE).map_err(
+            |error| AppError::Bind {
+                addr: config.server.listen.to_string(),
+                error,
+            },
+        )?,
+    );
     let sweeper = {
         let journal = journal.clone();
         let stop = shutdown.clone();

@@ -214,11 +214,12 @@ fn serve(path: PathBuf) -> ExitCode {
             "literal secret in the config file; use env: or file: in production"
         );
     }
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if config.server.worker_threads > 0 {
-        builder.worker_threads(config.server.worker_threads);
-    }
-    let runtime = builder.enable_all().build().expect("tokio runtime");
+    // Admin, delivery and timers; platform requests get their own HTTP threads
+    // (`server.worker_threads`, see `http::serve_per_thread`).
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let result = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(watch_signals(shutdown.clone()));

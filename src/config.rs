@@ -43,9 +43,8 @@ pub struct Server {
     pub header_read_timeout: Duration,
     #[serde(deserialize_with = "duration")]
     pub body_read_timeout: Duration,
-    /// Threads serving HTTP (tokio workers), fixed at start; 0 = one per core (or
-    /// `TOKIO_WORKER_THREADS`). Fewer than cores can cut tail latency on a machine
-    /// shared with other busy processes (BENCHMARKS.md).
+    /// Threads serving platform requests, each with its own runtime, fixed at start;
+    /// 0 = one per core.
     pub worker_threads: usize,
     /// Signature checks on this many dedicated threads; 0 checks inline on the
     /// reactor threads (measured faster on 2 cores, see BENCHMARKS.md).

@@ -86,29 +86,48 @@ impl Answer {
     }
 }
 
-/// Terminal request handling, shared by all connections.
+/// Terminal request handling for the connections of one HTTP thread.
 pub struct Terminal {
+    /// This thread's own pool: a merchant connection lives on the runtime that opened
+    /// it, so sharing one pool across threads would hop threads on every request.
     client: outbound::Client,
-    /// check_deposit answers by SHA-256 of the body, so a platform retry of the same
-    /// request gets the same payment id; concurrent duplicates wait for the first.
-    recent: DashMap<[u8; 32], (Instant, Slot)>,
+    /// check_deposit answers by SHA-256 of the body, shared by every thread, so a
+    /// platform retry of the same request gets the same payment id; concurrent
+    /// duplicates wait for the first.
+    recent: Arc<DashMap<[u8; 32], (Instant, Slot)>>,
     window: Duration,
     max_recent: usize,
     fallback: bool,
+    settings: crate::config::TerminalSettings,
 }
 
 impl Terminal {
     pub fn new(config: &crate::config::Config) -> Result<Self, String> {
         let t = &config.terminal;
-        let client = outbound::client(t.connect_timeout, usize::MAX, t.ca_file.as_deref())
-            .map_err(|e| format!("terminal.ca_file: {e}"))?;
         Ok(Terminal {
-            client,
-            recent: DashMap::new(),
-            window: config.terminal.idempotency_window,
-            max_recent: config.terminal.idempotency_max_entries,
+            client: Self::pool(t)?,
+            recent: Arc::default(),
+            window: t.idempotency_window,
+            max_recent: t.idempotency_max_entries,
             fallback: config.server.signature_fallback,
+            settings: t.clone(),
         })
+    }
+
+    /// The same remembered answers with a connection pool of its own, for another
+    /// HTTP thread.
+    pub fn with_own_pool(&self) -> Result<Self, String> {
+        Ok(Terminal {
+            client: Self::pool(&self.settings)?,
+            recent: self.recent.clone(),
+            settings: self.settings.clone(),
+            ..*self
+        })
+    }
+
+    fn pool(t: &crate::config::TerminalSettings) -> Result<outbound::Client, String> {
+        outbound::client(t.connect_timeout, usize::MAX, t.ca_file.as_deref())
+            .map_err(|e| format!("terminal.ca_file: {e}"))
     }
 
     /// Answers one terminal request: always HTTP 200 with a protocol `code`.

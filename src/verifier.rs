@@ -36,7 +36,8 @@ struct Job {
     reply: oneshot::Sender<Result<Callback, Rejection>>,
 }
 
-/// The signature checker ingress calls.
+/// The signature checker ingress calls; clones share the pool.
+#[derive(Clone)]
 pub struct Verifier {
     pool: Option<crossbeam_channel::Sender<Job>>,
     max_depth: usize,

@@ -187,6 +187,34 @@ fn a_slow_client_is_cut_off_and_others_are_served() {
     );
 }
 
+#[test]
+fn connections_over_the_cap_are_closed_at_once_across_every_http_thread() {
+    let g = Gateway::start_with(&projects(), "max_connections = 2\nworker_threads = 2\n");
+    let good = signed_for(1234, &seed_callbacks()[0].payload_json, SECRET);
+    let mut held: Vec<Conn> = (0..2).map(|_| Conn::open(g.addr).unwrap()).collect();
+    for c in &mut held {
+        assert_eq!(c.post("/callbacks", &good).unwrap().0, 200);
+    }
+    // The cap is the gateway's, not each thread's: a third connection is closed
+    // without an answer, whichever thread accepted it.
+    let mut third = Conn::open(g.addr).unwrap();
+    assert!(third.post("/callbacks", &good).is_err());
+    assert_eq!(g.metric("cbgate_connections_rejected_total", &[]), 1.0);
+    // A freed slot is taken again.
+    drop(held.pop());
+    let started = std::time::Instant::now();
+    let status = loop {
+        match Conn::open(g.addr).and_then(|mut c| c.post("/callbacks", &good)) {
+            Ok((status, _)) => break status,
+            Err(_) if started.elapsed() < Duration::from_secs(5) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("no slot freed: {e}"),
+        }
+    };
+    assert_eq!(status, 200);
+}
+
 /// Distinct signed callbacks: operation ids `base..base+n`.
 fn distinct(base: u64, n: u64) -> Vec<Vec<u8>> {
     let seed: serde_json::Value = serde_json::from_str(&seed_callbacks()[0].payload_json).unwrap();

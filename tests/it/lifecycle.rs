@@ -299,14 +299,38 @@ fn logs_carry_no_secret_signature_or_customer_data() {
 fn worker_threads_sets_the_number_of_http_threads() {
     for workers in [1usize, 3] {
         let g = Gateway::start_with(&project(SECRET), &format!("worker_threads = {workers}"));
-        assert_eq!(g.post("/callbacks", &callback(40, SECRET)).0, 200);
+        // Several connections open at once, whichever thread took each: all answer.
+        let conns: Vec<_> = (0..8).map(|_| Conn::open(g.addr).unwrap()).collect();
+        for (i, mut c) in conns.into_iter().enumerate() {
+            assert_eq!(
+                c.post("/callbacks", &callback(40 + i as u64, SECRET))
+                    .unwrap()
+                    .0,
+                200
+            );
+        }
         assert_eq!(
             g.metric("cbgate_worker_threads", &[]),
             workers as f64,
             "{}",
             g.log()
         );
+        let http = threads(&g)
+            .iter()
+            .filter(|t| t.starts_with("http-"))
+            .count();
+        assert_eq!(http, workers);
     }
+}
+
+/// The names of the gateway's threads.
+fn threads(g: &Gateway) -> Vec<String> {
+    let pid = g.child.as_ref().expect("running").id();
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect()
 }
 
 #[test]
@@ -315,12 +339,7 @@ fn histogram_samples_are_folded_even_when_nobody_scrapes() {
     // thread an unscraped gateway grows by ~18 bytes per request (BENCHMARKS.md).
     let g = Gateway::start(&project(SECRET));
     assert_eq!(g.post("/callbacks", &callback(41, SECRET)).0, 200);
-    let pid = g.child.as_ref().expect("running").id();
-    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .map(|name| name.trim().to_string())
-        .collect();
+    let threads = threads(&g);
     assert!(
         threads.iter().any(|t| t == "metrics-upkeep"),
         "threads: {threads:?}"
