@@ -1,6 +1,6 @@
 //! HTTP server plumbing shared by the platform and admin listeners: the accept loop
-//! with a connection cap and header-read timeout, graceful drain on shutdown, and
-//! body reading under size and time limits into one `Bytes`.
+//! with a connection cap and header-read timeout (on one runtime, or one per HTTP
+//! thread), graceful drain on shutdown, and body reading under limits into one `Bytes`.
 
 use std::convert::Infallible;
 use std::future::Future;

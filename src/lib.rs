@@ -3,7 +3,8 @@
 //! Layout
 //! - `signature`: canonical string (one simd-json parse) and HMAC-SHA512 (ring).
 //! - `config`, `projects`: the TOML file, and its resolved running view.
-//! - `http`: listeners with limits; `ingress`: `/callbacks`, `/terminal`; `admin`.
+//! - `http`: listeners with limits, platform requests on one current-thread runtime
+//!   per HTTP thread; `ingress`: `/callbacks`, `/terminal`; `admin`.
 //! - `verifier`: where signature checks run; `callback`: the verified callback.
 //! - `dedup`, `journal`: durable keys and the group-committed redb journal.
 //! - `terminal`: verify/check_deposit under a budget; `webhook`: outbound signatures;
