@@ -121,7 +121,8 @@ async fn serve_with_slots<H, F>(
 /// Serves on one thread per handler (`http-0`, `http-1`, ...), each a current-thread
 /// runtime accepting from `listener`: a request, its journal wait and the merchant
 /// connection it uses stay on one thread, with no wake-ups across threads
-/// (BENCHMARKS.md: terminal +22-45% req/s over one shared multi-thread runtime).
+/// (BENCHMARKS.md: terminal 1.18x req/s at a quarter less CPU than one shared
+/// multi-thread runtime).
 /// Starts the threads; the future resolves once every one has drained.
 pub fn serve_per_thread<H, F>(
     listener: TcpListener,

@@ -95,8 +95,6 @@ pub struct Terminal {
     /// platform retry of the same request gets the same payment id; concurrent
     /// duplicates wait for the first.
     recent: Arc<DashMap<[u8; 32], (Instant, Slot)>>,
-    window: Duration,
-    max_recent: usize,
     fallback: bool,
     settings: crate::config::TerminalSettings,
 }
@@ -107,8 +105,6 @@ impl Terminal {
         Ok(Terminal {
             client: Self::pool(t)?,
             recent: Arc::default(),
-            window: t.idempotency_window,
-            max_recent: t.idempotency_max_entries,
             fallback: config.server.signature_fallback,
             settings: t.clone(),
         })
@@ -120,8 +116,8 @@ impl Terminal {
         Ok(Terminal {
             client: Self::pool(&self.settings)?,
             recent: self.recent.clone(),
+            fallback: self.fallback,
             settings: self.settings.clone(),
-            ..*self
         })
     }
 
@@ -291,16 +287,16 @@ impl Terminal {
             .try_into()
             .expect("32 bytes");
         let now = Instant::now();
-        if self.recent.len() >= self.max_recent {
+        if self.recent.len() >= self.settings.idempotency_max_entries {
             self.recent
-                .retain(|_, (at, _)| now.duration_since(*at) < self.window);
+                .retain(|_, (at, _)| now.duration_since(*at) < self.settings.idempotency_window);
         }
         let cell = {
             let mut entry = self
                 .recent
                 .entry(key)
                 .or_insert_with(|| (now, Arc::new(OnceCell::new())));
-            if now.duration_since(entry.0) >= self.window {
+            if now.duration_since(entry.0) >= self.settings.idempotency_window {
                 *entry = (now, Arc::new(OnceCell::new()));
             }
             entry.1.clone()
