@@ -47,12 +47,24 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A free port on 127.0.0.1 (bound and released; good enough for tests).
+/// A free port on 127.0.0.1 for a server a test starts later. Taken below the
+/// kernel's ephemeral range (32768-60999), so the source port of some test's outgoing
+/// connection can never take it in between, and never handed out twice by this
+/// process; checked free by binding it once.
 pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const FIRST: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = fastrand::u16(0..SPAN);
+    let _ = NEXT.compare_exchange(0, start, Ordering::AcqRel, Ordering::Acquire);
+    loop {
+        let port = FIRST + NEXT.fetch_add(1, Ordering::AcqRel) % SPAN;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
 }
 
 /// One keep-alive HTTP/1.1 connection, blocking: enough to talk to cbgate.
