@@ -44,7 +44,8 @@ fn bench(c: &mut Criterion) {
                 })
             },
         );
-        let store = RedbStore::open(&dir.path().join(format!("redb-{batch}")), false).unwrap();
+        let store =
+            RedbStore::open(&dir.path().join(format!("redb-{batch}")), false, 256 << 20).unwrap();
         let mut seq = 1u64;
         g.bench_with_input(
             BenchmarkId::new("redb_store", batch),

@@ -95,10 +95,11 @@ pub async fn run(
     };
 
     let storage = config.storage.clone();
-    let store =
-        tokio::task::spawn_blocking(move || RedbStore::open(&storage.dir, storage.verify_on_open))
-            .await
-            .expect("journal open does not panic")?;
+    let store = tokio::task::spawn_blocking(move || {
+        RedbStore::open(&storage.dir, storage.verify_on_open, storage.cache_bytes)
+    })
+    .await
+    .expect("journal open does not panic")?;
     // Unbounded: the dispatcher moves events on at once to the endpoint workers,
     // which bound their own memory; a full channel would stall the journal writer.
     let (accepted, accepted_rx) = crossbeam_channel::unbounded();

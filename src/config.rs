@@ -92,6 +92,8 @@ pub struct Storage {
     pub max_pending: usize,
     /// Check every page of the journal at start; a damaged file is refused.
     pub verify_on_open: bool,
+    /// Memory the journal may use for its page cache and write buffer.
+    pub cache_bytes: usize,
 }
 
 impl Default for Storage {
@@ -104,6 +106,7 @@ impl Default for Storage {
             max_batch: 512,
             max_pending: 16_384,
             verify_on_open: true,
+            cache_bytes: 256 << 20,
         }
     }
 }
@@ -438,6 +441,12 @@ impl Config {
         if self.storage.max_batch == 0 || self.storage.max_pending == 0 {
             out.push("storage.max_batch and storage.max_pending: must be at least 1".into());
         }
+        if self.storage.cache_bytes < 1 << 20 {
+            out.push(format!(
+                "storage.cache_bytes: {} is less than 1 MiB (1048576)",
+                self.storage.cache_bytes
+            ));
+        }
         let d = &self.delivery;
         if d.schedule.is_empty() {
             out.push("delivery.schedule: needs at least one attempt".into());
@@ -601,6 +610,8 @@ mod tests {
         let err = Config::from_toml(
             "bad.toml",
             r#"
+            [storage]
+            cache_bytes = 4096
             [[projects]]
             id = 1
             secrets = ["env:CBGATE_TEST_SURELY_UNSET"]
@@ -619,6 +630,7 @@ mod tests {
             "terminal_budget",
             "duplicate project id 1",
             "at least one secret",
+            "storage.cache_bytes: 4096 is less than 1 MiB",
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }

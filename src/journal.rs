@@ -256,11 +256,13 @@ pub struct RedbStore {
 
 impl RedbStore {
     /// Opens (or creates) the journal in `dir`, verifying the whole file when
-    /// `verify` is set: a damaged file is refused, never half-trusted.
-    pub fn open(dir: &Path, verify: bool) -> Result<RedbStore, JournalError> {
+    /// `verify` is set: a damaged file is refused, never half-trusted. redb caches
+    /// pages and buffers writes in at most `cache_bytes` of memory.
+    pub fn open(dir: &Path, verify: bool, cache_bytes: usize) -> Result<RedbStore, JournalError> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("cbgate.redb");
         let db = Database::builder()
+            .set_cache_size(cache_bytes)
             .set_check_integrity_on_open(verify && path.exists())
             .create(&path)
             .map_err(|e| JournalError::Storage(format!("cannot open {}: {e}", path.display())))?;
@@ -912,7 +914,7 @@ mod tests {
     #[test]
     fn a_sweep_drops_the_events_only_their_expired_keys_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let store = RedbStore::open(dir.path(), false).unwrap();
+        let store = RedbStore::open(dir.path(), false, 1 << 20).unwrap();
         let dead = || DeliveryUpdate::Dead {
             seq: 4,
             endpoint: "b".into(),
