@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,8 +14,8 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics as m;
@@ -52,78 +53,22 @@ pub async fn serve<H, F>(
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    serve_with_slots(listener, limits, handler, shutdown, grace, slots).await;
-}
-
-/// `serve` with the connection cap `slots`, which several listeners may share.
-async fn serve_with_slots<H, F>(
-    listener: TcpListener,
-    limits: Limits,
-    handler: H,
-    shutdown: CancellationToken,
-    grace: Duration,
-    slots: Arc<Semaphore>,
-) where
-    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<Body>> + Send + 'static,
-{
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => break,
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            metrics::counter!(m::CONNECTIONS_REJECTED_TOTAL).increment(1);
-            drop(stream);
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let h = handler.clone();
-            async move { Ok::<_, Infallible>(h(req).await) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _ = conn.await;
-            drop(permit);
-        });
-    }
+    let connections = Connections::new(limits);
+    accept_loop(&listener, &limits, &shutdown, |stream, permit| {
+        connections.serve(stream, handler.clone(), permit, None);
+    })
+    .await;
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(?grace, "connections still open after the grace period");
-    }
+    connections.drain(grace).await;
 }
 
 /// Serves on one thread per handler (`http-0`, `http-1`, ...), each a current-thread
-/// runtime accepting from `listener`: a request, its journal wait and the merchant
-/// connection it uses stay on one thread, with no wake-ups across threads
-/// (BENCHMARKS.md: terminal 1.18x req/s at a quarter less CPU than one shared
-/// multi-thread runtime).
-/// Starts the threads; the future resolves once every one has drained.
+/// runtime: a request, its journal wait and the merchant connection it uses stay on
+/// one thread, with no wake-ups across threads (BENCHMARKS.md: terminal 1.18x req/s
+/// at a quarter less CPU than one shared multi-thread runtime). The caller's runtime
+/// accepts and hands each connection to the thread with the fewest open ones, so a
+/// burst of connections cannot pile onto one thread. Starts the threads; the future
+/// accepts until `shutdown` and resolves once every thread has drained.
 pub fn serve_per_thread<H, F>(
     listener: TcpListener,
     handlers: Vec<H>,
@@ -135,30 +80,56 @@ where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let listener = listener.into_std()?;
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    type Handoff = (std::net::TcpStream, OwnedSemaphorePermit);
+    let mut workers = Vec::new();
     let mut threads = Vec::new();
     for (i, handler) in handlers.into_iter().enumerate() {
-        let (listener, shutdown, slots) = (listener.try_clone()?, shutdown.clone(), slots.clone());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Handoff>();
+        let open = Arc::new(AtomicUsize::new(0));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        let counter = open.clone();
         threads.push(
             std::thread::Builder::new()
                 .name(format!("http-{i}"))
                 .spawn(move || {
                     runtime.block_on(async move {
-                        match TcpListener::from_std(listener) {
-                            Ok(l) => {
-                                serve_with_slots(l, limits, handler, shutdown, grace, slots).await
+                        let connections = Connections::new(limits);
+                        // Ends when the acceptor drops its sender, at shutdown.
+                        while let Some((stream, permit)) = rx.recv().await {
+                            match TcpStream::from_std(stream) {
+                                Ok(s) => {
+                                    connections.serve(s, handler.clone(), permit, Some(&counter))
+                                }
+                                Err(e) => tracing::warn!(error = %e, "connection handoff failed"),
                             }
-                            Err(e) => tracing::error!(error = %e, "HTTP thread cannot listen"),
                         }
+                        connections.drain(grace).await;
                     })
                 })?,
         );
+        workers.push((tx, open));
     }
     Ok(async move {
+        accept_loop(&listener, &limits, &shutdown, |stream, permit| {
+            let Some((tx, open)) = workers
+                .iter()
+                .min_by_key(|(_, open)| open.load(Ordering::Relaxed))
+            else {
+                return;
+            };
+            match stream.into_std() {
+                Ok(std) => {
+                    open.fetch_add(1, Ordering::Relaxed);
+                    let _ = tx.send((std, permit));
+                }
+                Err(e) => tracing::warn!(error = %e, "connection handoff failed"),
+            }
+        })
+        .await;
+        drop(listener);
+        drop(workers);
         let _ = tokio::task::spawn_blocking(move || {
             for t in threads {
                 let _ = t.join();
@@ -166,6 +137,100 @@ where
         })
         .await;
     })
+}
+
+/// Accepts until `shutdown`, passing each connection within the cap on.
+async fn accept_loop(
+    listener: &TcpListener,
+    limits: &Limits,
+    shutdown: &CancellationToken,
+    mut take: impl FnMut(TcpStream, OwnedSemaphorePermit),
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => return,
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            metrics::counter!(m::CONNECTIONS_REJECTED_TOTAL).increment(1);
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        take(stream, permit);
+    }
+}
+
+/// The connections of one runtime: hyper's HTTP/1.1 (and HTTP/2) server with the
+/// header-read timeout, watched for a graceful drain.
+struct Connections {
+    builder: auto::Builder<TokioExecutor>,
+    graceful: hyper_util::server::graceful::GracefulShutdown,
+}
+
+impl Connections {
+    fn new(limits: Limits) -> Self {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .keep_alive(true);
+        builder.http2().timer(TokioTimer::new());
+        Connections {
+            builder,
+            graceful: hyper_util::server::graceful::GracefulShutdown::new(),
+        }
+    }
+
+    /// Serves `stream` on this runtime; `open` counts it while it lasts.
+    fn serve<H, F>(
+        &self,
+        stream: TcpStream,
+        handler: H,
+        permit: OwnedSemaphorePermit,
+        open: Option<&Arc<AtomicUsize>>,
+    ) where
+        H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let service = hyper::service::service_fn(move |req| {
+            let h = handler.clone();
+            async move { Ok::<_, Infallible>(h(req).await) }
+        });
+        let conn = self
+            .builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = self.graceful.watch(conn);
+        let open = open.cloned();
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+            if let Some(open) = open {
+                open.fetch_sub(1, Ordering::Relaxed);
+            }
+        });
+    }
+
+    /// Gives open connections `grace` to finish their requests.
+    async fn drain(self, grace: Duration) {
+        if tokio::time::timeout(grace, self.graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(?grace, "connections still open after the grace period");
+        }
+    }
 }
 
 /// Why a body could not be read.
