@@ -64,7 +64,7 @@ pub async fn serve<H, F>(
 
 /// Serves on one thread per handler (`http-0`, `http-1`, ...), each a current-thread
 /// runtime: a request, its journal wait and the merchant connection it uses stay on
-/// one thread, with no wake-ups across threads (BENCHMARKS.md: terminal 1.18x req/s
+/// one thread, with no wake-ups across threads (BENCHMARKS.md: terminal 1.30x req/s
 /// at a quarter less CPU than one shared multi-thread runtime). The caller's runtime
 /// accepts and hands each connection to the thread with the fewest open ones, so a
 /// burst of connections cannot pile onto one thread. Starts the threads; the future
