@@ -67,3 +67,16 @@ pub fn client(
         .timer(TokioTimer::new())
         .build(connector))
 }
+
+/// An error with its causes, `a: b: c`: hyper's own text ("client error (Connect)")
+/// hides whether it was a refused port or an untrusted certificate.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

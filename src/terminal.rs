@@ -362,7 +362,8 @@ impl Terminal {
                 // check_deposit only when the request never left (connect error).
                 Ok(Err(e)) if tries == 1 && (c.kind == Kind::Verify || e.is_connect()) => continue,
                 Ok(Err(e)) => {
-                    return merchant_error("transport", format!("merchant unreachable: {e}"));
+                    let chain = outbound::error_chain(&e);
+                    return merchant_error("transport", format!("merchant unreachable: {chain}"));
                 }
                 Ok(Ok(r)) => break r,
             }

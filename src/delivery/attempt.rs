@@ -9,7 +9,7 @@ use hyper::{Request, header};
 use serde::{Deserialize, Serialize};
 
 use crate::journal::{Event, now_ms};
-use crate::outbound::Client;
+use crate::outbound::{Client, error_chain};
 use crate::projects::Endpoint;
 
 /// Attempts kept in a delivery's log; older ones are counted, not kept.
@@ -208,17 +208,6 @@ pub async fn send(client: &Client, endpoint: &Endpoint, event: &Event) -> Attemp
         format!("HTTP {status}: {}", String::from_utf8_lossy(&text[..cut]))
     });
     done(Some(status), class, error)
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

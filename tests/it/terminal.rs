@@ -372,6 +372,13 @@ fn an_https_merchant_is_reached_through_the_configured_ca_and_never_without_it()
     let untrusted = gateway_at(&url, "2s", "");
     let answer = ask(&untrusted, 1234, &verify);
     assert_eq!(answer["code"], 500, "{answer}");
+    // The reason names the cause, not only hyper's "client error (Connect)".
+    assert!(
+        answer["error_description"]
+            .as_str()
+            .is_some_and(|r| r.contains("certificate")),
+        "{answer}"
+    );
     assert_eq!(merchant.seen.lock().unwrap().values().sum::<usize>(), 1);
     assert_eq!(
         untrusted.metric(
