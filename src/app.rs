@@ -157,14 +157,24 @@ pub async fn run(
         })
         .collect();
 
+    let tls = match (&config.server.tls_cert, &config.server.tls_key) {
+        (Some(cert), Some(key)) => Some(http::tls_acceptor(cert, key).map_err(AppError::Config)?),
+        _ => None,
+    };
     let stop_accepting = CancellationToken::new();
     let platform = tokio::spawn(
-        http::serve_per_thread(listener, handlers, limits, stop_accepting.clone(), GRACE).map_err(
-            |error| AppError::Bind {
-                addr: config.server.listen.to_string(),
-                error,
-            },
-        )?,
+        http::serve_per_thread(
+            listener,
+            handlers,
+            tls,
+            limits,
+            stop_accepting.clone(),
+            GRACE,
+        )
+        .map_err(|error| AppError::Bind {
+            addr: config.server.listen.to_string(),
+            error,
+        })?,
     );
     let sweeper = {
         let journal = journal.clone();

@@ -43,6 +43,10 @@ pub struct Server {
     pub header_read_timeout: Duration,
     #[serde(deserialize_with = "duration")]
     pub body_read_timeout: Duration,
+    /// PEM certificate chain and private key: with both, the platform listener speaks
+    /// https (HTTP/1.1 and HTTP/2 by ALPN); with neither, plain http.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     /// Threads serving platform requests, each with its own runtime, fixed at start;
     /// 0 = one per core.
     pub worker_threads: usize,
@@ -64,6 +68,8 @@ impl Default for Server {
             max_connections: 10_000,
             header_read_timeout: Duration::from_secs(5),
             body_read_timeout: Duration::from_secs(10),
+            tls_cert: None,
+            tls_key: None,
             worker_threads: 0,
             verifier_threads: 0,
             signature_fallback: true,
@@ -425,6 +431,15 @@ impl Config {
                 out.push(format!("server.{key}: {threads} is more than 1024"));
             }
         }
+        match (&s.tls_cert, &s.tls_key) {
+            (Some(cert), Some(key)) => {
+                if let Err(e) = crate::http::tls_acceptor(cert, key) {
+                    out.push(format!("server.tls_cert/tls_key: {e}"));
+                }
+            }
+            (None, None) => {}
+            _ => out.push("server.tls_cert and server.tls_key: set both or neither".into()),
+        }
         if let Some(token) = &s.admin_token
             && let Err(e) = token.resolve()
         {
@@ -610,6 +625,8 @@ mod tests {
         let err = Config::from_toml(
             "bad.toml",
             r#"
+            [server]
+            tls_cert = "/nonexistent/cbgate.pem"
             [storage]
             cache_bytes = 4096
             [[projects]]
@@ -631,6 +648,7 @@ mod tests {
             "duplicate project id 1",
             "at least one secret",
             "storage.cache_bytes: 4096 is less than 1 MiB",
+            "server.tls_cert and server.tls_key: set both or neither",
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }

@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -14,8 +15,11 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use rustls::pki_types::PrivateKeyDer;
+use rustls::pki_types::pem::PemObject;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics as m;
@@ -53,7 +57,7 @@ pub async fn serve<H, F>(
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let connections = Connections::new(limits);
+    let connections = Connections::new(limits, None);
     accept_loop(&listener, &limits, &shutdown, |stream, permit| {
         connections.serve(stream, handler.clone(), permit, None);
     })
@@ -72,6 +76,7 @@ pub async fn serve<H, F>(
 pub fn serve_per_thread<H, F>(
     listener: TcpListener,
     handlers: Vec<H>,
+    tls: Option<TlsAcceptor>,
     limits: Limits,
     shutdown: CancellationToken,
     grace: Duration,
@@ -89,13 +94,13 @@ where
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let counter = open.clone();
+        let (counter, tls) = (open.clone(), tls.clone());
         threads.push(
             std::thread::Builder::new()
                 .name(format!("http-{i}"))
                 .spawn(move || {
                     runtime.block_on(async move {
-                        let connections = Connections::new(limits);
+                        let connections = Connections::new(limits, tls);
                         // Ends when the acceptor drops its sender, at shutdown.
                         while let Some((stream, permit)) = rx.recv().await {
                             match TcpStream::from_std(stream) {
@@ -171,14 +176,17 @@ async fn accept_loop(
 }
 
 /// The connections of one runtime: hyper's HTTP/1.1 (and HTTP/2) server with the
-/// header-read timeout, watched for a graceful drain.
+/// header-read timeout, behind TLS when configured, watched for a graceful drain.
 struct Connections {
     builder: auto::Builder<TokioExecutor>,
     graceful: hyper_util::server::graceful::GracefulShutdown,
+    tls: Option<TlsAcceptor>,
+    /// A TLS handshake gets as long as a client gets for its headers.
+    handshake_timeout: Duration,
 }
 
 impl Connections {
-    fn new(limits: Limits) -> Self {
+    fn new(limits: Limits, tls: Option<TlsAcceptor>) -> Self {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -189,6 +197,8 @@ impl Connections {
         Connections {
             builder,
             graceful: hyper_util::server::graceful::GracefulShutdown::new(),
+            tls,
+            handshake_timeout: limits.header_read_timeout,
         }
     }
 
@@ -207,14 +217,32 @@ impl Connections {
             let h = handler.clone();
             async move { Ok::<_, Infallible>(h(req).await) }
         });
-        let conn = self
-            .builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = self.graceful.watch(conn);
+        let (builder, watcher) = (self.builder.clone(), self.graceful.watcher());
+        let (tls, handshake_timeout) = (self.tls.clone(), self.handshake_timeout);
         let open = open.cloned();
         tokio::spawn(async move {
-            let _ = conn.await;
+            match tls {
+                None => {
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    let _ = watcher.watch(conn.into_owned()).await;
+                }
+                Some(tls) => {
+                    match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let conn = builder.serve_connection(TokioIo::new(stream), service);
+                            let _ = watcher.watch(conn.into_owned()).await;
+                        }
+                        Ok(Err(e)) => {
+                            metrics::counter!(m::TLS_HANDSHAKE_FAILURES_TOTAL).increment(1);
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            metrics::counter!(m::TLS_HANDSHAKE_FAILURES_TOTAL).increment(1);
+                            tracing::debug!(?handshake_timeout, "TLS handshake timed out");
+                        }
+                    }
+                }
+            }
             drop(permit);
             if let Some(open) = open {
                 open.fetch_sub(1, Ordering::Relaxed);
@@ -231,6 +259,29 @@ impl Connections {
             tracing::warn!(?grace, "connections still open after the grace period");
         }
     }
+}
+
+/// The platform listener's TLS: the PEM chain in `cert` and key in `key`, HTTP/2 and
+/// HTTP/1.1 offered by ALPN.
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
+    let chain = crate::outbound::load_certificates(cert)?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("cannot read a private key from {}: {e}", key.display()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(
+        rustls::crypto::ring::default_provider().into(),
+    )
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("TLS setup: {e}"))?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .map_err(|e| {
+        format!(
+            "{} and its key do not make a usable pair: {e}",
+            cert.display()
+        )
+    })?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Why a body could not be read.

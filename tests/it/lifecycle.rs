@@ -345,3 +345,26 @@ fn histogram_samples_are_folded_even_when_nobody_scrapes() {
         "threads: {threads:?}"
     );
 }
+
+#[test]
+fn the_platform_listener_speaks_https_with_a_certificate() {
+    let tls = crate::support::TestTls::new();
+    let (cert, key) = tls.server_files();
+    let g = Gateway::start_with(
+        &project(SECRET),
+        &format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let answer = tls
+        .request(g.addr, "/callbacks", &callback(50, SECRET))
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}\n{}", g.log());
+    assert!(answer.ends_with(r#"{"status":"accepted"}"#), "{answer}");
+    // Plain http on the https port gets no answer, and is counted.
+    let plain = Conn::open(g.addr).and_then(|mut c| c.post("/callbacks", &callback(51, SECRET)));
+    assert!(plain.is_err(), "{plain:?}");
+    assert_eq!(g.metric("cbgate_tls_handshake_failures_total", &[]), 1.0);
+}

@@ -371,6 +371,8 @@ impl TestTls {
         .unwrap();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.path().join("server.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("server.key"), key.serialize_pem()).unwrap();
         TestTls {
             server: Arc::new(server),
             dir,
@@ -380,6 +382,45 @@ impl TestTls {
     /// The CA certificate (PEM), for a `ca_file` key.
     pub fn ca_file(&self) -> PathBuf {
         self.dir.path().join("ca.pem")
+    }
+
+    /// The server's certificate and key (PEM), for cbgate's own `tls_cert`/`tls_key`.
+    pub fn server_files(&self) -> (PathBuf, PathBuf) {
+        (
+            self.dir.path().join("server.pem"),
+            self.dir.path().join("server.key"),
+        )
+    }
+
+    /// One HTTP/1.1 request over TLS to `addr`, trusting only this CA; the raw answer.
+    pub fn request(&self, addr: SocketAddr, path: &str, body: &[u8]) -> std::io::Result<String> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in cbgate::outbound::load_certificates(&self.ca_file()).unwrap() {
+            roots.add(cert).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let conn = rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap())
+            .unwrap();
+        let tcp = TcpStream::connect(addr)?;
+        tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        tls.write_all(head.as_bytes())?;
+        tls.write_all(body)?;
+        let mut answer = Vec::new();
+        // A peer that closes without close_notify is fine once the answer is in.
+        let _ = tls.read_to_end(&mut answer);
+        Ok(String::from_utf8_lossy(&answer).into_owned())
     }
 }
 
