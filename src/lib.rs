@@ -3,12 +3,12 @@
 //! Layout
 //! - `signature`: canonical string (one simd-json parse) and HMAC-SHA512 (ring).
 //! - `config`, `projects`: the TOML file, and its resolved running view.
-//! - `http`: listeners with limits, platform requests on one current-thread runtime
-//!   per HTTP thread; `ingress`: `/callbacks`, `/terminal`; `admin`.
+//! - `http`: listeners with limits (https when configured), platform requests on one
+//!   current-thread runtime per HTTP thread; `ingress`: `/callbacks`, `/terminal`; `admin`.
 //! - `verifier`: where signature checks run; `callback`: the verified callback.
 //! - `dedup`, `journal`: durable keys and the group-committed redb journal.
 //! - `terminal`: verify/check_deposit under a budget; `webhook`: outbound signatures;
-//!   `outbound`: the HTTP(S) client both use to reach merchants.
+//!   `outbound`: the HTTP(S) client terminal and delivery use to reach merchants.
 //! - `delivery`: fan-out to merchant endpoints, retries, breaker, dead letters.
 //! - `app`: start and shutdown order; `cli`: the subcommands; `simulate`: the
 //!   platform's side, for load and acceptance runs.
