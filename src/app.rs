@@ -137,10 +137,7 @@ pub async fn run(
     );
     // One Ingress per HTTP thread, each with its own merchant connections.
     let first = Terminal::new(&config).map_err(AppError::Config)?;
-    let mut terminals = (1..http_threads)
-        .map(|_| first.with_own_pool())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(AppError::Config)?;
+    let mut terminals: Vec<_> = (1..http_threads).map(|_| first.with_own_pool()).collect();
     terminals.push(first);
     let handlers = terminals
         .into_iter()

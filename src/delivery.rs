@@ -130,11 +130,10 @@ impl Delivery {
             breaker_cooldown: config.breaker_cooldown,
             max_queued: config.max_queued.max(1),
             client: crate::outbound::client(
-                config.connect_timeout,
+                crate::outbound::connector(config.connect_timeout, config.ca_file.as_deref())
+                    .map_err(|e| format!("delivery.ca_file: {e}"))?,
                 config.max_in_flight,
-                config.ca_file.as_deref(),
-            )
-            .map_err(|e| format!("delivery.ca_file: {e}"))?,
+            ),
             stop: CancellationToken::new(),
         });
         let delivery = Delivery {

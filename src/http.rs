@@ -59,7 +59,7 @@ pub async fn serve<H, F>(
 {
     let connections = Connections::new(limits, None);
     accept_loop(&listener, &limits, &shutdown, |stream, permit| {
-        connections.serve(stream, handler.clone(), permit, None);
+        connections.serve(stream, handler.clone(), permit);
     })
     .await;
     drop(listener);
@@ -85,7 +85,7 @@ where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    type Handoff = (std::net::TcpStream, OwnedSemaphorePermit);
+    type Handoff = (std::net::TcpStream, (OwnedSemaphorePermit, Open));
     let mut workers = Vec::new();
     let mut threads = Vec::new();
     for (i, handler) in handlers.into_iter().enumerate() {
@@ -94,7 +94,7 @@ where
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let (counter, tls) = (open.clone(), tls.clone());
+        let tls = tls.clone();
         threads.push(
             std::thread::Builder::new()
                 .name(format!("http-{i}"))
@@ -102,11 +102,9 @@ where
                     runtime.block_on(async move {
                         let connections = Connections::new(limits, tls);
                         // Ends when the acceptor drops its sender, at shutdown.
-                        while let Some((stream, permit)) = rx.recv().await {
+                        while let Some((stream, held)) = rx.recv().await {
                             match TcpStream::from_std(stream) {
-                                Ok(s) => {
-                                    connections.serve(s, handler.clone(), permit, Some(&counter))
-                                }
+                                Ok(s) => connections.serve(s, handler.clone(), held),
                                 Err(e) => tracing::warn!(error = %e, "connection handoff failed"),
                             }
                         }
@@ -126,8 +124,7 @@ where
             };
             match stream.into_std() {
                 Ok(std) => {
-                    open.fetch_add(1, Ordering::Relaxed);
-                    let _ = tx.send((std, permit));
+                    let _ = tx.send((std, (permit, Open::new(open))));
                 }
                 Err(e) => tracing::warn!(error = %e, "connection handoff failed"),
             }
@@ -142,6 +139,22 @@ where
         })
         .await;
     })
+}
+
+/// A connection counted against its HTTP thread while it lives.
+struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Open(count.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Accepts until `shutdown`, passing each connection within the cap on.
@@ -202,14 +215,10 @@ impl Connections {
         }
     }
 
-    /// Serves `stream` on this runtime; `open` counts it while it lasts.
-    fn serve<H, F>(
-        &self,
-        stream: TcpStream,
-        handler: H,
-        permit: OwnedSemaphorePermit,
-        open: Option<&Arc<AtomicUsize>>,
-    ) where
+    /// Serves `stream` on this runtime, holding `held` (its slot under the cap) until
+    /// the connection ends.
+    fn serve<H, F>(&self, stream: TcpStream, handler: H, held: impl Send + 'static)
+    where
         H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = Response<Body>> + Send + 'static,
     {
@@ -219,7 +228,6 @@ impl Connections {
         });
         let (builder, watcher) = (self.builder.clone(), self.graceful.watcher());
         let (tls, handshake_timeout) = (self.tls.clone(), self.handshake_timeout);
-        let open = open.cloned();
         tokio::spawn(async move {
             match tls {
                 None => {
@@ -232,21 +240,15 @@ impl Connections {
                             let conn = builder.serve_connection(TokioIo::new(stream), service);
                             let _ = watcher.watch(conn.into_owned()).await;
                         }
-                        Ok(Err(e)) => {
+                        failed => {
                             metrics::counter!(m::TLS_HANDSHAKE_FAILURES_TOTAL).increment(1);
-                            tracing::debug!(error = %e, "TLS handshake failed");
-                        }
-                        Err(_) => {
-                            metrics::counter!(m::TLS_HANDSHAKE_FAILURES_TOTAL).increment(1);
-                            tracing::debug!(?handshake_timeout, "TLS handshake timed out");
+                            let error = failed.ok().and_then(Result::err);
+                            tracing::debug!(?error, ?handshake_timeout, "TLS handshake failed");
                         }
                     }
                 }
             }
-            drop(permit);
-            if let Some(open) = open {
-                open.fetch_sub(1, Ordering::Relaxed);
-            }
+            drop(held);
         });
     }
 

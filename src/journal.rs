@@ -355,12 +355,13 @@ impl Store for RedbStore {
                     deliveries.insert((event.seq, endpoint.as_str()), [].as_slice())?;
                 }
             }
-            let mut finished = Vec::new();
+            // Events that may have lost their last reason to stay.
+            let mut released = Vec::new();
             for update in &group.updates {
                 match update {
                     DeliveryUpdate::Done { seq, endpoint } => {
                         deliveries.remove((*seq, endpoint.as_str()))?;
-                        finished.push(*seq);
+                        released.push(*seq);
                     }
                     DeliveryUpdate::Retry {
                         seq,
@@ -387,28 +388,22 @@ impl Store for RedbStore {
                     }
                 }
             }
-            // An event goes once no endpoint still needs it (dead letters keep it).
-            for seq in finished {
-                let pending = deliveries.range((seq, "")..(seq + 1, ""))?.next().is_some();
-                if !pending && !is_dead(&dead, seq)? {
-                    events.remove(seq)?;
-                }
-            }
             if let Some(before) = group.sweep_before {
-                let mut expired = Vec::new();
+                // An unrouted event (or one every endpoint took while its key lived) is
+                // kept only for its dedup key: it goes with the key.
                 dedup.retain_in((0, 0)..(before, 0), |(_, seq), _| {
-                    expired.push(seq);
+                    released.push(seq);
                     false
                 })?;
-                // An event that no endpoint wanted (or that every endpoint took while its
-                // key lived) is only kept for its dedup key: it goes with the key.
-                if !expired.is_empty() {
-                    let dead_seqs = dead_seqs(&dead)?;
-                    for seq in expired {
-                        let pending = deliveries.range((seq, "")..(seq + 1, ""))?.next().is_some();
-                        if !pending && !dead_seqs.contains(&seq) {
-                            events.remove(seq)?;
-                        }
+            }
+            // An event goes once no delivery of it is pending and none is dead. One scan
+            // of the dead letters per commit: they are keyed by endpoint first.
+            if !released.is_empty() {
+                let dead_seqs = dead_seqs(&dead)?;
+                for seq in released {
+                    let pending = deliveries.range((seq, "")..(seq + 1, ""))?.next().is_some();
+                    if !pending && !dead_seqs.contains(&seq) {
+                        events.remove(seq)?;
                     }
                 }
             }
@@ -557,16 +552,6 @@ fn dead_seqs(
         seqs.insert(row?.0.value().1);
     }
     Ok(seqs)
-}
-
-fn is_dead(dead: &redb::Table<(&str, u64), &[u8]>, seq: u64) -> Result<bool, JournalError> {
-    // Dead letters are keyed by endpoint first; a full scan is fine on this rare path.
-    for row in dead.iter()? {
-        if row?.0.value().1 == seq {
-            return Ok(true);
-        }
-    }
-    Ok(false)
 }
 
 /// What the writer answers for one callback.

@@ -15,7 +15,7 @@ use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
-pub type Client = HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub type Client = HyperClient<Connector, Full<Bytes>>;
 
 /// The certificates in `path` (PEM); an error names the file and says what is wrong.
 pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -28,12 +28,11 @@ pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, St
     Ok(certs)
 }
 
-/// A client for http and https URLs; `ca_file` adds trusted roots to the web's.
-pub fn client(
-    connect_timeout: Duration,
-    max_idle_per_host: usize,
-    ca_file: Option<&Path>,
-) -> Result<Client, String> {
+pub type Connector = HttpsConnector<HttpConnector>;
+
+/// How to open http and https connections; `ca_file` adds trusted roots to the web's.
+/// Built once: each client made from a clone keeps a pool of its own.
+pub fn connector(connect_timeout: Duration, ca_file: Option<&Path>) -> Result<Connector, String> {
     let mut roots = RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
@@ -55,17 +54,21 @@ pub fn client(
     connector.set_connect_timeout(Some(connect_timeout));
     connector.set_nodelay(true);
     connector.enforce_http(false);
-    let connector = HttpsConnectorBuilder::new()
+    Ok(HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
-        .wrap_connector(connector);
-    Ok(HyperClient::builder(TokioExecutor::new())
+        .wrap_connector(connector))
+}
+
+/// A client with its own pool of keep-alive connections.
+pub fn client(connector: Connector, max_idle_per_host: usize) -> Client {
+    HyperClient::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(max_idle_per_host)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
-        .build(connector))
+        .build(connector)
 }
 
 /// An error with its causes, `a: b: c`: hyper's own text ("client error (Connect)")

@@ -91,6 +91,7 @@ pub struct Terminal {
     /// This thread's own pool: a merchant connection lives on the runtime that opened
     /// it, so sharing one pool across threads would hop threads on every request.
     client: outbound::Client,
+    connector: outbound::Connector,
     /// check_deposit answers by SHA-256 of the body, shared by every thread, so a
     /// platform retry of the same request gets the same payment id; concurrent
     /// duplicates wait for the first.
@@ -102,8 +103,11 @@ pub struct Terminal {
 impl Terminal {
     pub fn new(config: &crate::config::Config) -> Result<Self, String> {
         let t = &config.terminal;
+        let connector = outbound::connector(t.connect_timeout, t.ca_file.as_deref())
+            .map_err(|e| format!("terminal.ca_file: {e}"))?;
         Ok(Terminal {
-            client: Self::pool(t)?,
+            client: outbound::client(connector.clone(), usize::MAX),
+            connector,
             recent: Arc::default(),
             fallback: config.server.signature_fallback,
             settings: t.clone(),
@@ -112,18 +116,14 @@ impl Terminal {
 
     /// The same remembered answers with a connection pool of its own, for another
     /// HTTP thread.
-    pub fn with_own_pool(&self) -> Result<Self, String> {
-        Ok(Terminal {
-            client: Self::pool(&self.settings)?,
+    pub fn with_own_pool(&self) -> Self {
+        Terminal {
+            client: outbound::client(self.connector.clone(), usize::MAX),
+            connector: self.connector.clone(),
             recent: self.recent.clone(),
             fallback: self.fallback,
             settings: self.settings.clone(),
-        })
-    }
-
-    fn pool(t: &crate::config::TerminalSettings) -> Result<outbound::Client, String> {
-        outbound::client(t.connect_timeout, usize::MAX, t.ca_file.as_deref())
-            .map_err(|e| format!("terminal.ca_file: {e}"))
+        }
     }
 
     /// Answers one terminal request: always HTTP 200 with a protocol `code`.
