@@ -445,8 +445,12 @@ impl Config {
         {
             out.push(format!("server.admin_token: {e}"));
         }
-        if self.storage.engine == Engine::Jetstream && self.storage.nats_url.is_none() {
-            out.push("storage.nats_url: required when storage.engine = \"jetstream\"".into());
+        if self.storage.engine == Engine::Jetstream {
+            // Refused rather than quietly run on the embedded file: nodes that believe
+            // they share dedup would each accept the same retry.
+            out.push(
+                "storage.engine: \"jetstream\" is not in this build yet; use \"embedded\"".into(),
+            );
         }
         if self.storage.dedup_window < Duration::from_secs(60) {
             out.push(

@@ -145,6 +145,12 @@ fn bad_configs_are_refused_with_their_reason() {
             "unknown variant `cassandra`",
         ),
         (
+            format!(
+                "[storage]\nengine = \"jetstream\"\nnats_url = \"nats://127.0.0.1:4222\"\n{project}"
+            ),
+            "storage.engine: \"jetstream\" is not in this build yet",
+        ),
+        (
             format!("[server]\nworker_threads = 100000\n{project}"),
             "server.worker_threads: 100000 is more than 1024",
         ),
