@@ -839,8 +839,12 @@ impl Writer {
                         let _ = reply.send(Ok(()));
                     }
                     if let Some(accepted) = &self.accepted {
+                        // Unrouted events have nothing to deliver; sending them would only
+                        // move their freeing to the dispatcher thread.
                         for (event, _) in group.events {
-                            let _ = accepted.send(Arc::new(event));
+                            if !event.endpoints.is_empty() {
+                                let _ = accepted.send(Arc::new(event));
+                            }
                         }
                     }
                 }
