@@ -1,8 +1,11 @@
 //! Distinct signed callbacks as fast as the target takes them: oha sends one body
 //! over and over (all duplicates after the first), so the accepted path needs this.
 //! Usage: callback_load URL SECRET PROJECT [--connections 64] [--seconds 10]
-//!        [--count N] [--start-op 1] [--stamp]
+//!        [--count N] [--start-op 1] [--stamp] [--rate R]
 //! Prints one JSON line: sent, by-status counts, req/s, p50/p99/p99.9 latency.
+//! With `--rate` the connections together send R requests/s on a fixed schedule, and
+//! a request held back by a slow answer counts its latency from its scheduled time, so
+//! a stall is not hidden by the requests it delayed.
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +21,7 @@ struct Args {
     count: usize,
     start_op: u64,
     stamp: bool,
+    rate: Option<f64>,
 }
 
 fn args() -> Args {
@@ -31,6 +35,7 @@ fn args() -> Args {
         count: 400_000,
         start_op: 1,
         stamp: false,
+        rate: None,
     };
     while let Some(flag) = it.next() {
         if flag == "--stamp" {
@@ -43,6 +48,7 @@ fn args() -> Args {
             "--seconds" => a.seconds = v.parse().unwrap(),
             "--count" => a.count = v.parse().unwrap(),
             "--start-op" => a.start_op = v.parse().unwrap(),
+            "--rate" => a.rate = Some(v.parse().unwrap()),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -80,8 +86,13 @@ async fn main() {
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let deadline = Instant::now() + Duration::from_secs(a.seconds);
     let started = Instant::now();
+    // Each connection's gap between sends, and its offset so they do not send together.
+    let gap = a
+        .rate
+        .map(|r| Duration::from_secs_f64(a.connections as f64 / r));
     let tasks: Vec<_> = (0..a.connections)
-        .map(|_| {
+        .map(|c| {
+            let mut due = gap.map(|g| started + g.mul_f64(c as f64 / a.connections as f64));
             let (bodies, next, host, path, secret) = (bodies.clone(), next.clone(), host.clone(), path.clone(), secret.clone());
             tokio::spawn(async move {
                 let mut lat = Vec::new();
@@ -107,7 +118,21 @@ async fn main() {
                         "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
                         body.len()
                     );
-                    let t = Instant::now();
+                    let t = match (&mut due, gap) {
+                        (Some(due), Some(gap)) => {
+                            let scheduled = *due;
+                            *due += gap;
+                            if Instant::now() >= scheduled {
+                                // Held back by the previous answer: that wait counts.
+                                scheduled
+                            } else {
+                                // The timer wakes up to 1 ms late; that wait does not.
+                                tokio::time::sleep_until(scheduled.into()).await;
+                                Instant::now()
+                            }
+                        }
+                        _ => Instant::now(),
+                    };
                     let s = conn.get_mut();
                     s.write_all(head.as_bytes()).await.unwrap();
                     s.write_all(body).await.unwrap();
