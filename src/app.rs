@@ -149,6 +149,7 @@ pub async fn run(
                 terminal,
                 limits,
                 access_log: config.log.access,
+                handles: Default::default(),
             });
             move |req| ingress.clone().handle(req)
         })

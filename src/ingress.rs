@@ -29,6 +29,16 @@ pub struct Ingress {
     pub limits: Limits,
     /// Write one access line per request.
     pub access_log: bool,
+    pub handles: IngressHandles,
+}
+
+/// This thread's metric handles for the per-request series.
+#[derive(Default)]
+pub struct IngressHandles {
+    requests: m::Handles<(&'static str, &'static str), metrics::Counter>,
+    durations: m::Handles<&'static str, metrics::Histogram>,
+    unrouted: m::Handles<u64, metrics::Counter>,
+    dedup_hits: m::Handles<(), metrics::Counter>,
 }
 
 impl Ingress {
@@ -104,11 +114,20 @@ impl Ingress {
                 .increment(1);
         }
         if self.journal.is_durable_duplicate(callback.dedup) {
-            metrics::counter!(m::DEDUP_HITS_TOTAL).increment(1);
+            self.handles
+                .dedup_hits
+                .get((), || metrics::counter!(m::DEDUP_HITS_TOTAL))
+                .increment(1);
             return Answer::KnownDuplicate;
         }
         if callback.endpoints.is_empty() {
-            metrics::counter!(m::UNROUTED_TOTAL, "project" => callback.project.to_string())
+            let project = callback.project;
+            self.handles
+                .unrouted
+                .get(
+                    project,
+                    || metrics::counter!(m::UNROUTED_TOTAL, "project" => project.to_string()),
+                )
                 .increment(1);
         }
         let waiting = match self.journal.submit(callback) {
@@ -121,7 +140,10 @@ impl Ingress {
         match waiting.await {
             Ok(Ok(outcome)) => {
                 if outcome == crate::journal::Outcome::Duplicate {
-                    metrics::counter!(m::DEDUP_HITS_TOTAL).increment(1);
+                    self.handles
+                        .dedup_hits
+                        .get((), || metrics::counter!(m::DEDUP_HITS_TOTAL))
+                        .increment(1);
                 }
                 Answer::Stored(outcome)
             }
@@ -141,8 +163,19 @@ impl Ingress {
         started: Instant,
     ) {
         let elapsed = started.elapsed();
-        metrics::counter!(m::REQUESTS_TOTAL, "route" => route, "outcome" => outcome).increment(1);
-        metrics::histogram!(m::REQUEST_SECONDS, "route" => route).record(elapsed.as_secs_f64());
+        let h = &self.handles;
+        h.requests
+            .get(
+                (route, outcome),
+                || metrics::counter!(m::REQUESTS_TOTAL, "route" => route, "outcome" => outcome),
+            )
+            .increment(1);
+        h.durations
+            .get(
+                route,
+                || metrics::histogram!(m::REQUEST_SECONDS, "route" => route),
+            )
+            .record(elapsed.as_secs_f64());
         if self.access_log {
             tracing::info!(
                 target: "cbgate::access",

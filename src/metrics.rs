@@ -32,6 +32,28 @@ pub const TERMINAL_MERCHANT_ERRORS_TOTAL: &str = "cbgate_terminal_merchant_error
 pub const CONFIG_RELOADS_TOTAL: &str = "cbgate_config_reloads_total";
 pub const WORKER_THREADS: &str = "cbgate_worker_threads";
 
+/// The handles of one labelled metric, each made on its label set's first use and
+/// kept: the registry lookup (a key allocated, hashed and found) costs more than the
+/// update itself. One per HTTP thread, so the lock is never contended.
+pub struct Handles<K, H>(std::sync::Mutex<std::collections::HashMap<K, H>>);
+
+impl<K, H> Default for Handles<K, H> {
+    fn default() -> Self {
+        Handles(std::sync::Mutex::default())
+    }
+}
+
+impl<K: Eq + std::hash::Hash, H: Clone> Handles<K, H> {
+    pub fn get(&self, key: K, make: impl FnOnce() -> H) -> H {
+        self.0
+            .lock()
+            .expect("metric handles lock")
+            .entry(key)
+            .or_insert_with(make)
+            .clone()
+    }
+}
+
 /// How often recorded histogram samples are folded into their buckets.
 const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 

@@ -33,7 +33,7 @@ const MARGIN: Duration = Duration::from_millis(50);
 const MAX_ANSWER: usize = 16 * 1024;
 
 /// What a check was about, for answers, metrics and logs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Kind {
     Verify,
     CheckDeposit,
@@ -98,6 +98,9 @@ pub struct Terminal {
     recent: Arc<DashMap<[u8; 32], (Instant, Slot)>>,
     fallback: bool,
     settings: crate::config::TerminalSettings,
+    /// Latency and answers by (project, type[, code]); `None` is an unknown project.
+    durations: m::Handles<(Option<u64>, Kind), metrics::Histogram>,
+    answers: m::Handles<(Option<u64>, Kind, u16), metrics::Counter>,
 }
 
 impl Terminal {
@@ -111,6 +114,8 @@ impl Terminal {
             recent: Arc::default(),
             fallback: config.server.signature_fallback,
             settings: t.clone(),
+            durations: Default::default(),
+            answers: Default::default(),
         })
     }
 
@@ -123,6 +128,8 @@ impl Terminal {
             recent: self.recent.clone(),
             fallback: self.fallback,
             settings: self.settings.clone(),
+            durations: Default::default(),
+            answers: Default::default(),
         }
     }
 
@@ -150,13 +157,24 @@ impl Terminal {
                 (answer, Some(c.project.id), c.kind)
             }
         };
-        let project = project
-            .map(|p| p.to_string())
-            .unwrap_or_else(|| "unknown".into());
-        let kind = kind.as_str();
-        metrics::histogram!(m::TERMINAL_SECONDS, "project" => project.clone(), "type" => kind)
+        let label = || {
+            (
+                project.map_or_else(|| "unknown".into(), |p| p.to_string()),
+                kind.as_str(),
+            )
+        };
+        self.durations
+            .get((project, kind), || {
+                let (p, t) = label();
+                metrics::histogram!(m::TERMINAL_SECONDS, "project" => p, "type" => t)
+            })
             .record(started.elapsed().as_secs_f64());
-        metrics::counter!(m::TERMINAL_ANSWERS_TOTAL, "project" => project, "type" => kind, "code" => answer.code.to_string())
+        let code = answer.code;
+        self.answers
+            .get((project, kind, code), || {
+                let (p, t) = label();
+                metrics::counter!(m::TERMINAL_ANSWERS_TOTAL, "project" => p, "type" => t, "code" => code.to_string())
+            })
             .increment(1);
         json(StatusCode::OK, answer.body)
     }

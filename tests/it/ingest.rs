@@ -78,6 +78,13 @@ fn seed_callbacks_are_accepted_once_then_duplicates_and_a_changed_byte_is_refuse
         11.0
     );
     assert_eq!(g.metric("cbgate_signature_failures_total", &[]), 11.0);
+    assert_eq!(g.metric("cbgate_dedup_hits_total", &[]), 11.0);
+    // No project here has an endpoint: each accepted callback is counted unrouted.
+    assert_eq!(g.metric("cbgate_events_unrouted_total", &[]), 11.0);
+    assert_eq!(
+        g.metric("cbgate_events_unrouted_total", &[("project", "9000")]),
+        1.0
+    );
 }
 
 /// A Mobile Commerce clarification callback for one operation.

@@ -257,6 +257,24 @@ fn the_gateway_answers_its_own_errors_in_the_methods_dialect() {
     );
     let unknown = ask(&g, 999, &json!({"type": "verify", "customer_id": "c"}));
     assert_eq!(unknown["error_description"], "unknown project 999");
+    // Every answer is counted and timed under its project, type and code.
+    let asked = g.metric("cbgate_requests_total", &[("route", "terminal")]);
+    assert!(asked >= 10.0, "{asked}");
+    assert_eq!(g.metric("cbgate_terminal_answers_total", &[]), asked);
+    assert_eq!(
+        g.metric("cbgate_terminal_duration_seconds_count", &[]),
+        asked
+    );
+    assert!(
+        g.metric(
+            "cbgate_terminal_answers_total",
+            &[
+                ("project", "1234"),
+                ("type", "check_deposit"),
+                ("code", "500")
+            ]
+        ) >= 1.0
+    );
 }
 
 #[test]
