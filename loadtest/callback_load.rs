@@ -118,6 +118,9 @@ async fn main() {
                         "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
                         body.len()
                     );
+                    // One write, as curl and hyper clients send a small request.
+                    let mut request = head.into_bytes();
+                    request.extend_from_slice(body);
                     let t = match (&mut due, gap) {
                         (Some(due), Some(gap)) => {
                             let scheduled = *due;
@@ -133,9 +136,7 @@ async fn main() {
                         }
                         _ => Instant::now(),
                     };
-                    let s = conn.get_mut();
-                    s.write_all(head.as_bytes()).await.unwrap();
-                    s.write_all(body).await.unwrap();
+                    conn.get_mut().write_all(&request).await.unwrap();
                     line.clear();
                     if conn.read_line(&mut line).await.unwrap_or(0) == 0 {
                         break;
