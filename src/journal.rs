@@ -252,7 +252,13 @@ pub struct RedbStore {
     db: Database,
     path: PathBuf,
     mark: File,
+    /// A sweep left unfinished: the keys expiring before it still to drop.
+    sweeping: std::sync::Mutex<Option<u32>>,
 }
+
+/// Expired dedup keys (and the events they kept) dropped per commit at most: a
+/// minute's keys at once (240 k at 4 k/s) held the writer for half a second.
+const SWEEP_CHUNK: usize = 256;
 
 impl RedbStore {
     /// Opens (or creates) the journal in `dir`, verifying the whole file when
@@ -273,7 +279,12 @@ impl RedbStore {
             .create(true)
             .truncate(false)
             .open(&mark_path)?;
-        let store = RedbStore { db, path, mark };
+        let store = RedbStore {
+            db,
+            path,
+            mark,
+            sweeping: std::sync::Mutex::new(None),
+        };
         store.init()?;
         let found = store.next_seq()?;
         if let Some(marked) = store.read_mark()?
@@ -340,6 +351,10 @@ impl RedbStore {
 
 impl Store for RedbStore {
     fn commit(&self, group: &Group) -> Result<(), JournalError> {
+        // A newer sweep covers an unfinished one: `before` only grows.
+        let mut sweeping = self.sweeping.lock().expect("sweep lock");
+        let before = group.sweep_before.or(*sweeping);
+        let mut unfinished = None;
         let mut tx = self.db.begin_write()?;
         tx.set_durability(Durability::Immediate)?;
         tx.set_quick_repair(false);
@@ -388,13 +403,21 @@ impl Store for RedbStore {
                     }
                 }
             }
-            if let Some(before) = group.sweep_before {
+            if let Some(before) = before {
                 // An unrouted event (or one every endpoint took while its key lived) is
                 // kept only for its dedup key: it goes with the key.
-                dedup.retain_in((0, 0)..(before, 0), |(_, seq), _| {
-                    released.push(seq);
-                    false
-                })?;
+                let expired = dedup
+                    .range((0, 0)..(before, 0))?
+                    .take(SWEEP_CHUNK)
+                    .map(|row| row.map(|(k, _)| k.value()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                for key in &expired {
+                    dedup.remove(key)?;
+                    released.push(key.1);
+                }
+                if expired.len() == SWEEP_CHUNK {
+                    unfinished = Some(before);
+                }
             }
             // An event goes once no delivery of it is pending and none is dead. One scan
             // of the dead letters per commit: they are keyed by endpoint first.
@@ -410,6 +433,7 @@ impl Store for RedbStore {
             tx.open_table(META)?.insert("next_seq", group.next_seq)?;
         }
         tx.commit()?;
+        *sweeping = unfinished;
         self.write_mark(group.next_seq)?;
         Ok(())
     }
@@ -898,6 +922,30 @@ mod tests {
             next_seq: 10,
         };
         store.commit(&group).unwrap();
+    }
+
+    #[test]
+    fn a_long_sweep_goes_a_chunk_per_commit_until_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path(), false, 1 << 20).unwrap();
+        let n = 2 * SWEEP_CHUNK as u64 + 10;
+        commit(
+            &store,
+            (1..=n).map(|s| (event(s, &[]), 100)).collect(),
+            vec![],
+            None,
+        );
+        let left = || {
+            (1..=n)
+                .filter(|&s| store.event(s).unwrap().is_some())
+                .count()
+        };
+        commit(&store, vec![], vec![], Some(200));
+        assert_eq!(left(), n as usize - SWEEP_CHUNK);
+        // Later commits carry the sweep on without being asked again.
+        commit(&store, vec![], vec![], None);
+        commit(&store, vec![], vec![], None);
+        assert_eq!(left(), 0);
     }
 
     #[test]
