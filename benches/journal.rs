@@ -1,6 +1,7 @@
 //! Durable records per second of the journal's redb store alone, beside the disk's
 //! raw group-commit limit measured in the same run (append the same bytes to a file
-//! and fdatasync once per batch): the floor any durable store pays.
+//! and fdatasync once per batch): the floor any durable store pays. And what releasing
+//! delivered events costs beside many dead letters.
 
 use std::fs::File;
 use std::hint::black_box;
@@ -8,10 +9,10 @@ use std::io::Write;
 use std::time::Duration;
 
 use bytes::Bytes;
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 use cbgate::dedup::DedupKey;
-use cbgate::journal::{Event, Group, RedbStore, Store};
+use cbgate::journal::{DeliveryUpdate, Event, Group, RedbStore, Store};
 
 fn event(seq: u64, body: &Bytes) -> Event {
     Event {
@@ -66,5 +67,62 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// A commit of 32 delivered events (each `Done` releases its event), beside 0 or 100 k
+/// dead letters of another endpoint: the release must not cost more with more dead
+/// letters, or one endpoint's outage slows every other endpoint's deliveries.
+fn release(c: &mut Criterion) {
+    let body = Bytes::from(vec![b'x'; 1000]);
+    let mut g = c.benchmark_group("journal_release");
+    g.measurement_time(Duration::from_secs(5));
+    for dead in [0u64, 100_000] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path(), false, 256 << 20).unwrap();
+        let outage = Group {
+            updates: (0..dead)
+                .map(|i| DeliveryUpdate::Dead {
+                    seq: 1_000_000_000 + i,
+                    endpoint: "1234/crm".into(),
+                    state: vec![],
+                })
+                .collect(),
+            next_seq: 1,
+            ..Group::default()
+        };
+        store.commit(&outage).unwrap();
+        let mut seq = 1u64;
+        g.bench_with_input(BenchmarkId::new("dead_letters", dead), &dead, |b, _| {
+            b.iter_batched(
+                || {
+                    let events = (seq..seq + 32)
+                        .map(|s| (event(s, &body), u32::MAX))
+                        .collect();
+                    store
+                        .commit(&Group {
+                            events,
+                            next_seq: seq + 32,
+                            ..Group::default()
+                        })
+                        .unwrap();
+                    let done = Group {
+                        updates: (seq..seq + 32)
+                            .map(|s| DeliveryUpdate::Done {
+                                seq: s,
+                                endpoint: "1234/ledger".into(),
+                            })
+                            .collect(),
+                        next_seq: seq + 32,
+                        ..Group::default()
+                    };
+                    seq += 32;
+                    done
+                },
+                |done| store.commit(black_box(&done)).unwrap(),
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, release);
 criterion_main!(benches);

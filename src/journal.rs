@@ -419,15 +419,23 @@ impl Store for RedbStore {
                     unfinished = Some(before);
                 }
             }
-            // An event goes once no delivery of it is pending and none is dead. One scan
-            // of the dead letters per commit: they are keyed by endpoint first.
-            if !released.is_empty() {
-                let dead_seqs = dead_seqs(&dead)?;
-                for seq in released {
-                    let pending = deliveries.range((seq, "")..(seq + 1, ""))?.next().is_some();
-                    if !pending && !dead_seqs.contains(&seq) {
-                        events.remove(seq)?;
-                    }
+            // An event goes once no delivery of it is pending and none is dead. Dead
+            // letters are keyed by endpoint first, so each of the event's endpoints is
+            // looked up (a scan of them all cost 5.6 ms per commit beside 100 k).
+            for seq in released {
+                if deliveries.range((seq, "")..(seq + 1, ""))?.next().is_some() {
+                    continue;
+                }
+                let endpoints = match events.get(seq)? {
+                    Some(raw) => Event::decode(seq, raw.value())?.endpoints,
+                    None => continue,
+                };
+                let mut dead_any = false;
+                for endpoint in &endpoints {
+                    dead_any |= dead.get((endpoint.as_str(), seq))?.is_some();
+                }
+                if !dead_any {
+                    events.remove(seq)?;
                 }
             }
             tx.open_table(META)?.insert("next_seq", group.next_seq)?;
@@ -565,17 +573,6 @@ impl RedbStore {
             next_seq,
         })
     }
-}
-
-/// Every seq with a dead letter (dead letters are keyed by endpoint first).
-fn dead_seqs(
-    dead: &redb::Table<(&str, u64), &[u8]>,
-) -> Result<std::collections::HashSet<u64>, JournalError> {
-    let mut seqs = std::collections::HashSet::new();
-    for row in dead.iter()? {
-        seqs.insert(row?.0.value().1);
-    }
-    Ok(seqs)
 }
 
 /// What the writer answers for one callback.
@@ -960,11 +957,12 @@ mod tests {
         commit(
             &store,
             vec![
-                (event(1, &[]), 100),    // unrouted
-                (event(2, &["a"]), 100), // still pending
-                (event(3, &["a"]), 100), // delivered below
-                (event(4, &["b"]), 100), // a dead letter below
-                (event(5, &[]), 300),    // its key lives on
+                (event(1, &[]), 100),         // unrouted
+                (event(2, &["a"]), 100),      // still pending
+                (event(3, &["a"]), 100),      // delivered below
+                (event(4, &["b"]), 100),      // a dead letter below
+                (event(5, &[]), 300),         // its key lives on
+                (event(6, &["a", "b"]), 100), // delivered to a, dead at b
             ],
             vec![],
             None,
@@ -978,6 +976,15 @@ mod tests {
                     endpoint: "a".into(),
                 },
                 dead(),
+                DeliveryUpdate::Dead {
+                    seq: 6,
+                    endpoint: "b".into(),
+                    state: vec![2],
+                },
+                DeliveryUpdate::Done {
+                    seq: 6,
+                    endpoint: "a".into(),
+                },
             ],
             None,
         );
@@ -988,10 +995,10 @@ mod tests {
         assert!(store.event(3).unwrap().is_none(), "delivered: gone at once");
 
         commit(&store, vec![], vec![], Some(200));
-        let left: Vec<u64> = (1..=5)
+        let left: Vec<u64> = (1..=6)
             .filter(|&s| store.event(s).unwrap().is_some())
             .collect();
-        assert_eq!(left, [2, 4, 5]);
+        assert_eq!(left, [2, 4, 5, 6]);
         let recovered = store.recover(150).unwrap();
         assert_eq!(recovered.dedup, [(DedupKey(5), 300)]);
         assert_eq!(recovered.pending, [(2, "a".to_string(), vec![])]);
