@@ -492,17 +492,19 @@ impl Store for RedbStore {
     ) -> Result<Vec<(String, u64, Vec<u8>)>, JournalError> {
         let tx = self.db.begin_read()?;
         let dead = tx.open_table(DEAD)?;
-        let start = after.map(|(e, s)| (e, s.saturating_add(1)));
+        let mut start = after
+            .map(|(e, s)| (e, s.saturating_add(1)))
+            .unwrap_or_default();
+        if let Some(want) = endpoint {
+            start = start.max((want.to_string(), 0));
+        }
         let mut out = Vec::new();
-        let iter = match &start {
-            Some((e, s)) => dead.range((e.as_str(), *s)..)?,
-            None => dead.range(("", 0)..)?,
-        };
-        for row in iter {
+        for row in dead.range((start.0.as_str(), start.1)..)? {
             let (k, v) = row?;
             let (ep, seq) = k.value();
             if endpoint.is_some_and(|want| want != ep) {
-                continue;
+                // Keyed by endpoint first: its rows are all behind.
+                break;
             }
             out.push((ep.to_string(), seq, v.value().to_vec()));
             if out.len() >= limit {
@@ -919,6 +921,43 @@ mod tests {
             next_seq: 10,
         };
         store.commit(&group).unwrap();
+    }
+
+    #[test]
+    fn dead_letters_page_by_endpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path(), false, 1 << 20).unwrap();
+        let dead = |seq, endpoint: &str| DeliveryUpdate::Dead {
+            seq,
+            endpoint: endpoint.into(),
+            state: vec![],
+        };
+        commit(
+            &store,
+            vec![],
+            vec![
+                dead(1, "a"),
+                dead(2, "c"),
+                dead(3, "a"),
+                dead(4, "c"),
+                dead(5, "a"),
+            ],
+            None,
+        );
+        let page = |endpoint, after: Option<(&str, u64)>, limit| {
+            store
+                .dead_letters(endpoint, after.map(|(e, s)| (e.to_string(), s)), limit)
+                .unwrap()
+                .into_iter()
+                .map(|(e, s, _)| format!("{e}{s}"))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(page(Some("a"), None, 2), ["a1", "a3"]);
+        assert_eq!(page(Some("a"), Some(("a", 3)), 2), ["a5"]);
+        assert_eq!(page(Some("c"), None, 10), ["c2", "c4"]);
+        assert!(page(Some("b"), None, 10).is_empty());
+        assert_eq!(page(None, Some(("a", 5)), 10), ["c2", "c4"]);
+        assert_eq!(page(None, None, 10).len(), 5);
     }
 
     #[test]
