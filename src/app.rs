@@ -181,7 +181,12 @@ pub async fn run(
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             loop {
                 tokio::select! {
-                    _ = tick.tick() => journal.sweep(),
+                    // A pass over every key (46 ms at 10 M): off the runtime's workers,
+                    // which run delivery.
+                    _ = tick.tick() => {
+                        let journal = journal.clone();
+                        let _ = tokio::task::spawn_blocking(move || journal.sweep()).await;
+                    }
                     () = stop.cancelled() => break,
                 }
             }

@@ -68,9 +68,18 @@ impl Default for DedupSet {
 }
 
 impl DedupSet {
+    /// The sweep holds one shard's lock at a time, and lookups and the writer's inserts
+    /// into it wait. DashMap's default on 2 cores, 8 shards, held each for 6.3 ms at
+    /// 10 M keys; 512 hold each for 0.09 ms (BENCHMARKS.md).
+    pub const SHARDS: usize = 512;
+
     pub fn with_capacity(n: usize) -> Self {
         Self {
-            map: DashMap::with_capacity_and_hasher(n, BuildHasherDefault::default()),
+            map: DashMap::with_capacity_and_hasher_and_shard_amount(
+                n,
+                BuildHasherDefault::default(),
+                Self::SHARDS,
+            ),
         }
     }
 
