@@ -170,7 +170,8 @@ pub struct TerminalSettings {
     /// An identical check_deposit within this window gets the first answer again.
     #[serde(deserialize_with = "duration")]
     pub idempotency_window: Duration,
-    /// check_deposit answers remembered at most (expired ones are dropped first).
+    /// check_deposit answers remembered at most: past it the oldest goes, even inside the
+    /// window (counted in `cbgate_terminal_idempotency_evictions_total`).
     pub idempotency_max_entries: usize,
     #[serde(deserialize_with = "duration")]
     pub connect_timeout: Duration,

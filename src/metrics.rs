@@ -28,6 +28,8 @@ pub const DELIVERY_CIRCUIT_OPEN: &str = "cbgate_delivery_circuit_open";
 pub const TERMINAL_SECONDS: &str = "cbgate_terminal_duration_seconds";
 pub const TERMINAL_ANSWERS_TOTAL: &str = "cbgate_terminal_answers_total";
 pub const TERMINAL_BUDGET_MISSES_TOTAL: &str = "cbgate_terminal_budget_misses_total";
+pub const TERMINAL_IDEMPOTENCY_EVICTIONS_TOTAL: &str =
+    "cbgate_terminal_idempotency_evictions_total";
 pub const TERMINAL_MERCHANT_ERRORS_TOTAL: &str = "cbgate_terminal_merchant_errors_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "cbgate_config_reloads_total";
 pub const WORKER_THREADS: &str = "cbgate_worker_threads";

@@ -3,16 +3,15 @@
 //! merchant's `terminal_url`, and answered in the method's dialect before the budget.
 
 pub mod dialect;
+pub mod recent;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use dashmap::DashMap;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Request, Response, StatusCode, header};
 use serde_json::Value;
-use tokio::sync::OnceCell;
 
 use crate::http::{Body, json};
 use crate::metrics as m;
@@ -21,6 +20,7 @@ use crate::projects::{Project, Projects};
 use crate::signature::{self, Canonicalizer};
 use crate::verifier::with_canonicalizer;
 use dialect::Dialect;
+use recent::Recent;
 
 /// Kassa24 Terminal's limits per payment (seed: 1.00–500,000.00 KZT), minor units.
 pub const KASSA24_LIMITS: (i64, i64) = (100, 50_000_000);
@@ -66,9 +66,6 @@ struct Refusal {
     reason: String,
 }
 
-/// A check_deposit answer being fetched or kept (`None`: not definitive, not kept).
-type Slot = Arc<OnceCell<Option<Answer>>>;
-
 /// A finished answer: the JSON and the protocol code in it.
 #[derive(Clone)]
 struct Answer {
@@ -95,7 +92,7 @@ pub struct Terminal {
     /// check_deposit answers by SHA-256 of the body, shared by every thread, so a
     /// platform retry of the same request gets the same payment id; concurrent
     /// duplicates wait for the first.
-    recent: Arc<DashMap<[u8; 32], (Instant, Slot)>>,
+    recent: Arc<Recent<Answer>>,
     fallback: bool,
     settings: crate::config::TerminalSettings,
     /// Latency and answers by (project, type[, code]); `None` is an unknown project.
@@ -111,7 +108,7 @@ impl Terminal {
         Ok(Terminal {
             client: outbound::client(connector.clone(), usize::MAX),
             connector,
-            recent: Arc::default(),
+            recent: Arc::new(Recent::new(t.idempotency_window, t.idempotency_max_entries)),
             fallback: config.server.signature_fallback,
             settings: t.clone(),
             durations: Default::default(),
@@ -304,21 +301,7 @@ impl Terminal {
             .as_ref()
             .try_into()
             .expect("32 bytes");
-        let now = Instant::now();
-        if self.recent.len() >= self.settings.idempotency_max_entries {
-            self.recent
-                .retain(|_, (at, _)| now.duration_since(*at) < self.settings.idempotency_window);
-        }
-        let cell = {
-            let mut entry = self
-                .recent
-                .entry(key)
-                .or_insert_with(|| (now, Arc::new(OnceCell::new())));
-            if now.duration_since(entry.0) >= self.settings.idempotency_window {
-                *entry = (now, Arc::new(OnceCell::new()));
-            }
-            entry.1.clone()
-        };
+        let cell = self.recent.slot(key, Instant::now());
         let mut fresh = None;
         let cached = cell
             .get_or_init(|| async {
@@ -333,8 +316,7 @@ impl Terminal {
             (Some(answer), kept) => {
                 // A timeout or a broken answer is not kept: a retry asks again.
                 if kept.is_none() {
-                    self.recent
-                        .remove_if(&key, |_, (_, c)| Arc::ptr_eq(c, &cell));
+                    self.recent.forget(&key, &cell);
                 }
                 answer
             }
