@@ -16,8 +16,9 @@
 //! - `meta`: `"next_seq" -> u64`.
 //! - `events`: `seq -> record` (see `Event::encode`), kept while a delivery of it is
 //!   pending or dead; one that no endpoint wanted goes when its dedup key expires.
-//! - `dedup_by_seq`: `(expires_s, seq) -> key`: ordered by expiry so a sweep is a
-//!   range delete, and by seq within it so a commit appends at the tree's right edge
+//! - `dedup_by_seq`: `(expires_s, seq) -> key`: ordered by expiry so a sweep deletes
+//!   from the front (at most `SWEEP_CHUNK` keys per commit), and by seq within it so a
+//!   commit appends at the tree's right edge
 //!   (keyed by the digest, 64 inserts dirtied up to 64 random leaves: 2x slower).
 //! - `deliveries`: `(seq, endpoint key) -> state` for every delivery not yet done.
 //! - `dead`: `(endpoint key, seq) -> state` for deliveries that ran out of attempts.
