@@ -16,7 +16,7 @@ use crate::admin::Admin;
 use crate::config::Config;
 use crate::delivery::Delivery;
 use crate::http::{self, Limits};
-use crate::ingress::Ingress;
+use crate::ingress::{Ingress, IngressHandles};
 use crate::journal::{Journal, JournalError, RedbStore};
 use crate::metrics as m;
 use crate::projects::Projects;
@@ -149,7 +149,7 @@ pub async fn run(
                 terminal,
                 limits,
                 access_log: config.log.access,
-                handles: Default::default(),
+                handles: IngressHandles::registered(),
             });
             move |req| ingress.clone().handle(req)
         })

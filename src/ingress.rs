@@ -33,12 +33,23 @@ pub struct Ingress {
 }
 
 /// This thread's metric handles for the per-request series.
-#[derive(Default)]
 pub struct IngressHandles {
     requests: m::Handles<(&'static str, &'static str), metrics::Counter>,
     durations: m::Handles<&'static str, metrics::Histogram>,
     unrouted: m::Handles<u64, metrics::Counter>,
-    dedup_hits: m::Handles<(), metrics::Counter>,
+    dedup_hits: metrics::Counter,
+}
+
+impl IngressHandles {
+    /// Made after the recorder is installed: the unlabelled series registers here.
+    pub fn registered() -> Self {
+        IngressHandles {
+            requests: Default::default(),
+            durations: Default::default(),
+            unrouted: Default::default(),
+            dedup_hits: metrics::counter!(m::DEDUP_HITS_TOTAL),
+        }
+    }
 }
 
 impl Ingress {
@@ -114,10 +125,7 @@ impl Ingress {
                 .increment(1);
         }
         if self.journal.is_durable_duplicate(callback.dedup) {
-            self.handles
-                .dedup_hits
-                .get((), || metrics::counter!(m::DEDUP_HITS_TOTAL))
-                .increment(1);
+            self.handles.dedup_hits.increment(1);
             return Answer::KnownDuplicate;
         }
         if callback.endpoints.is_empty() {
@@ -140,10 +148,7 @@ impl Ingress {
         match waiting.await {
             Ok(Ok(outcome)) => {
                 if outcome == crate::journal::Outcome::Duplicate {
-                    self.handles
-                        .dedup_hits
-                        .get((), || metrics::counter!(m::DEDUP_HITS_TOTAL))
-                        .increment(1);
+                    self.handles.dedup_hits.increment(1);
                 }
                 Answer::Stored(outcome)
             }

@@ -120,6 +120,20 @@ impl Event {
     }
 
     pub fn decode(seq: u64, raw: &[u8]) -> Result<Event, JournalError> {
+        Self::decode_with(seq, raw, Bytes::copy_from_slice)
+    }
+
+    /// Everything but the body, which is left empty: the journal's own bookkeeping
+    /// needs no copy of it.
+    fn decode_head(seq: u64, raw: &[u8]) -> Result<Event, JournalError> {
+        Self::decode_with(seq, raw, |_| Bytes::new())
+    }
+
+    fn decode_with(
+        seq: u64,
+        raw: &[u8],
+        body: impl FnOnce(&[u8]) -> Bytes,
+    ) -> Result<Event, JournalError> {
         let bad = || JournalError::Malformed(seq);
         let mut r = Reader(raw);
         if r.take(1).ok_or_else(bad)?[0] != Self::VERSION {
@@ -140,7 +154,7 @@ impl Event {
             dedup,
             order_key,
             endpoints,
-            body: Bytes::copy_from_slice(r.0),
+            body: body(r.0),
         })
     }
 }
@@ -428,7 +442,7 @@ impl Store for RedbStore {
                     continue;
                 }
                 let endpoints = match events.get(seq)? {
-                    Some(raw) => Event::decode(seq, raw.value())?.endpoints,
+                    Some(raw) => Event::decode_head(seq, raw.value())?.endpoints,
                     None => continue,
                 };
                 let mut dead_any = false;

@@ -94,7 +94,6 @@ pub struct Terminal {
     /// duplicates wait for the first.
     recent: Arc<Recent<Answer>>,
     fallback: bool,
-    settings: crate::config::TerminalSettings,
     /// Latency and answers by (project, type[, code]); `None` is an unknown project.
     durations: m::Handles<(Option<u64>, Kind), metrics::Histogram>,
     answers: m::Handles<(Option<u64>, Kind, u16), metrics::Counter>,
@@ -105,26 +104,30 @@ impl Terminal {
         let t = &config.terminal;
         let connector = outbound::connector(t.connect_timeout, t.ca_file.as_deref())
             .map_err(|e| format!("terminal.ca_file: {e}"))?;
-        Ok(Terminal {
-            client: outbound::client(connector.clone(), usize::MAX),
+        let recent = Recent::new(t.idempotency_window, t.idempotency_max_entries);
+        Ok(Self::with_pool(
             connector,
-            recent: Arc::new(Recent::new(t.idempotency_window, t.idempotency_max_entries)),
-            fallback: config.server.signature_fallback,
-            settings: t.clone(),
-            durations: Default::default(),
-            answers: Default::default(),
-        })
+            Arc::new(recent),
+            config.server.signature_fallback,
+        ))
     }
 
     /// The same remembered answers with a connection pool of its own, for another
     /// HTTP thread.
     pub fn with_own_pool(&self) -> Self {
+        Self::with_pool(self.connector.clone(), self.recent.clone(), self.fallback)
+    }
+
+    fn with_pool(
+        connector: outbound::Connector,
+        recent: Arc<Recent<Answer>>,
+        fallback: bool,
+    ) -> Self {
         Terminal {
-            client: outbound::client(self.connector.clone(), usize::MAX),
-            connector: self.connector.clone(),
-            recent: self.recent.clone(),
-            fallback: self.fallback,
-            settings: self.settings.clone(),
+            client: outbound::client(connector.clone(), usize::MAX),
+            connector,
+            recent,
+            fallback,
             durations: Default::default(),
             answers: Default::default(),
         }
