@@ -2,6 +2,8 @@
 //! HTTP/1.1 keep-alive connections, TLS by rustls trusting the public web roots plus
 //! the PEM certificates of an optional `ca_file` (a merchant's private CA).
 
+pub mod pool;
+
 use std::path::Path;
 use std::time::Duration;
 

@@ -9,13 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::{Request, Response, StatusCode, header};
+use hyper::{Response, StatusCode};
 use serde_json::Value;
 
 use crate::http::{Body, json};
 use crate::metrics as m;
-use crate::outbound;
+use crate::outbound::{self, pool::Failure, pool::Pool};
 use crate::projects::{Project, Projects};
 use crate::signature::{self, Canonicalizer};
 use crate::verifier::with_canonicalizer;
@@ -87,7 +86,7 @@ impl Answer {
 pub struct Terminal {
     /// This thread's own pool: a merchant connection lives on the runtime that opened
     /// it, so sharing one pool across threads would hop threads on every request.
-    client: outbound::Client,
+    pool: Pool,
     connector: outbound::Connector,
     /// check_deposit answers by SHA-256 of the body, shared by every thread, so a
     /// platform retry of the same request gets the same payment id; concurrent
@@ -124,7 +123,7 @@ impl Terminal {
         fallback: bool,
     ) -> Self {
         Terminal {
-            client: outbound::client(connector.clone(), usize::MAX),
+            pool: Pool::new(connector.clone()),
             connector,
             recent,
             fallback,
@@ -337,7 +336,7 @@ impl Terminal {
     /// merchant's own definitive one (not a timeout, transport error or malformed).
     async fn ask(&self, body: &Bytes, c: &Checked) -> (Answer, bool) {
         let project = &c.project;
-        let url = project.terminal_url.clone().expect("checked");
+        let url = project.terminal_url.as_ref().expect("checked");
         let budget = project.terminal_budget;
         let deadline = tokio::time::Instant::now() + budget - MARGIN.min(budget / 10);
         let label = || (project.id.to_string(), c.kind.as_str());
@@ -348,46 +347,27 @@ impl Terminal {
             (Answer::new(c.dialect.error(500, &reason)), false)
         };
         let mut tries = 0;
-        let response = loop {
+        let (status, bytes) = loop {
             tries += 1;
-            let request = Request::post(url.clone())
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Full::new(body.clone()))
-                .expect("a valid URI and static headers");
-            match tokio::time::timeout_at(deadline, self.client.request(request)).await {
+            let sent = self.pool.post(url, body.clone(), MAX_ANSWER);
+            match tokio::time::timeout_at(deadline, sent).await {
                 Err(_) => {
                     let (p, t) = label();
                     metrics::counter!(m::TERMINAL_BUDGET_MISSES_TOTAL, "project" => p, "type" => t)
                         .increment(1);
                     return merchant_error("timeout", "merchant timeout".into());
                 }
-                // verify is idempotent: one more try on any transport error; a
-                // check_deposit only when the request never left (connect error).
-                Ok(Err(e)) if tries == 1 && (c.kind == Kind::Verify || e.is_connect()) => continue,
-                Ok(Err(e)) => {
-                    let chain = outbound::error_chain(&e);
-                    return merchant_error("transport", format!("merchant unreachable: {chain}"));
+                Ok(Ok(answer)) => break answer,
+                Ok(Err(Failure::Body(e))) => {
+                    return merchant_error("malformed", format!("merchant answer unreadable: {e}"));
                 }
-                Ok(Ok(r)) => break r,
+                // verify is idempotent: one more try on any transport error; a
+                // check_deposit only when the request never left.
+                Ok(Err(f)) if tries == 1 && (c.kind == Kind::Verify || f.never_left()) => continue,
+                Ok(Err(Failure::Connect(e) | Failure::Sent(e))) => {
+                    return merchant_error("transport", format!("merchant unreachable: {e}"));
+                }
             }
-        };
-        let status = response.status();
-        let collected = tokio::time::timeout_at(
-            deadline,
-            Limited::new(response.into_body(), MAX_ANSWER).collect(),
-        )
-        .await;
-        let bytes = match collected {
-            Err(_) => {
-                let (p, t) = label();
-                metrics::counter!(m::TERMINAL_BUDGET_MISSES_TOTAL, "project" => p, "type" => t)
-                    .increment(1);
-                return merchant_error("timeout", "merchant timeout".into());
-            }
-            Ok(Err(e)) => {
-                return merchant_error("malformed", format!("merchant answer unreadable: {e}"));
-            }
-            Ok(Ok(b)) => b.to_bytes(),
         };
         if !status.is_success() {
             return merchant_error(

@@ -75,7 +75,12 @@ fn serve(
         *seen.lock().unwrap().entry(body.clone()).or_default() += 1;
         let req: Value = serde_json::from_slice(&body).unwrap();
         let check_deposit = req["type"] == "check_deposit";
-        let (status, answer) = match req["customer_id"].as_str().unwrap_or("") {
+        let customer = req["customer_id"].as_str().unwrap_or("");
+        if customer == "acct-drop" {
+            // Read the request, then hang up without an answer.
+            return;
+        }
+        let (status, answer) = match customer {
             "acct-missing" => (
                 200,
                 json!({"code": 404, "error_description": "Account does not exist"}).to_string(),
@@ -108,7 +113,8 @@ fn serve(
             "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}",
             answer.len()
         );
-        if reader.get_mut().write_all(reply.as_bytes()).is_err() {
+        if reader.get_mut().write_all(reply.as_bytes()).is_err() || customer == "acct-close" {
+            // acct-close: a merchant that closes each connection after its answer.
             return;
         }
     }
@@ -341,6 +347,52 @@ fn a_slow_merchant_gets_code_500_before_the_budget() {
         assert_eq!(answer[reason_field(project)], "merchant timeout");
     }
     assert_eq!(g.metric("cbgate_terminal_budget_misses_total", &[]), 2.0);
+}
+
+#[test]
+fn a_lost_connection_retries_a_verify_once_and_never_a_check_deposit_that_left() {
+    let merchant = Merchant::start();
+    let g = gateway(&merchant, "2s");
+    let verify = json!({"type": "verify", "customer_id": "acct-drop"});
+    let deposit = json!({"type": "check_deposit", "customer_id": "acct-drop", "amount": 1000,
+                         "currency": "KZT", "payment_method": "terminal/paydala"});
+    for (project, request, tries) in [(1234, verify, 2), (2222, deposit, 1)] {
+        let body = signed_for(project, &request.to_string(), SECRET);
+        let (status, answer) = g.post("/terminal", &body);
+        assert_eq!(status, 200);
+        let answer: Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(answer["code"], 500, "{answer}");
+        let reason = answer[reason_field(project)].as_str().unwrap();
+        assert!(reason.starts_with("merchant unreachable"), "{answer}");
+        assert_eq!(merchant.count(&body), tries, "{request}");
+    }
+    assert_eq!(
+        g.metric(
+            "cbgate_terminal_merchant_errors_total",
+            &[("error", "transport")]
+        ),
+        2.0
+    );
+}
+
+#[test]
+fn a_merchant_closing_its_connections_after_each_answer_loses_no_deposit() {
+    let merchant = Merchant::start();
+    let g = gateway(&merchant, "2s");
+    let mut ids = Vec::new();
+    for amount in [1000, 2000, 3000] {
+        let request = json!({"type": "check_deposit", "customer_id": "acct-close", "amount": amount,
+                             "currency": "KZT", "payment_method": "terminal/paydala"});
+        let body = signed_for(2222, &request.to_string(), SECRET);
+        let answer: Value = serde_json::from_str(&g.post("/terminal", &body).1).unwrap();
+        assert_eq!(answer["code"], 0, "{answer}\n{}", g.log());
+        assert_eq!(merchant.count(&body), 1);
+        ids.push(answer["payment_id"].clone());
+        // Time for the gateway to see the merchant's hang-up on the idle connection.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "{ids:?}");
 }
 
 #[test]

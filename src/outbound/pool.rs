@@ -1,0 +1,173 @@
+//! The keep-alive connections of one HTTP thread to the merchants it asks, kept per
+//! host and reused last-in first-out. Unlike the shared client it takes no lock
+//! across threads and spawns no task per request: only one per new connection.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http1;
+use hyper::header::{self, HeaderValue};
+use hyper::http::uri::{Authority, Scheme};
+use hyper::{Request, StatusCode, Uri};
+use tower_service::Service;
+
+use super::{Connector, error_chain};
+
+type Sender = http1::SendRequest<Full<Bytes>>;
+
+/// An idle connection is closed after this long unused, as the shared client's are.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why an exchange failed, and whether the request can have reached the merchant.
+#[derive(Debug)]
+pub enum Failure {
+    /// No connection could be made: the request never left.
+    Connect(String),
+    /// The request was written or may have been: resending it could repeat it.
+    Sent(String),
+    /// The answer's head came but its body could not be read within the limit.
+    Body(String),
+}
+
+impl Failure {
+    pub fn never_left(&self) -> bool {
+        matches!(self, Failure::Connect(_))
+    }
+}
+
+/// One host's idle connections, most recently used last.
+struct Host {
+    scheme: Option<Scheme>,
+    authority: Option<Authority>,
+    host: HeaderValue,
+    idle: Vec<(Sender, Instant)>,
+}
+
+pub struct Pool {
+    connector: Connector,
+    hosts: Mutex<Vec<Host>>,
+}
+
+impl Pool {
+    pub fn new(connector: Connector) -> Self {
+        Pool {
+            connector,
+            hosts: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// POSTs `body` as JSON to `url` and reads the answer, at most `max_answer` bytes.
+    /// The connection goes back to the pool only once the answer is read whole; if
+    /// the caller drops this future first, the connection is closed.
+    pub async fn post(
+        &self,
+        url: &Uri,
+        body: Bytes,
+        max_answer: usize,
+    ) -> Result<(StatusCode, Bytes), Failure> {
+        let path = url.path_and_query().map_or("/", |p| p.as_str());
+        let (mut sender, host) = self.checkout(url).await?;
+        let mut request = Request::post(path)
+            .header(header::HOST, host.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))
+            .expect("a path from a valid URI and static headers");
+        let response = loop {
+            match sender.try_send_request(request).await {
+                Ok(r) => break r,
+                // Closed before the request was written: another connection may
+                // send it without any risk of asking the merchant twice.
+                Err(mut e) => match e.take_message() {
+                    Some(back) => {
+                        request = back;
+                        sender = self.checkout(url).await?.0;
+                    }
+                    None => return Err(Failure::Sent(error_chain(e.error()))),
+                },
+            }
+        };
+        let status = response.status();
+        let body = Limited::new(response.into_body(), max_answer)
+            .collect()
+            .await
+            .map_err(|e| Failure::Body(error_chain(&*e)))?
+            .to_bytes();
+        self.put(url, sender);
+        Ok((status, body))
+    }
+
+    /// A ready idle connection to `url`'s host, or a new one, with the Host header.
+    async fn checkout(&self, url: &Uri) -> Result<(Sender, HeaderValue), Failure> {
+        loop {
+            let taken = {
+                let mut hosts = self.hosts.lock().expect("pool lock");
+                hosts
+                    .iter_mut()
+                    .find(|h| h.serves(url))
+                    .map(|h| (h.idle.pop(), h.host.clone()))
+            };
+            match taken {
+                Some((Some((mut sender, _)), host)) => {
+                    // Not ready yet only while its last answer is being wound up.
+                    if sender.ready().await.is_ok() {
+                        return Ok((sender, host));
+                    }
+                }
+                Some((None, host)) => return Ok((self.connect(url).await?, host)),
+                None => {
+                    let host = HeaderValue::from_str(url.authority().map_or("", |a| a.as_str()))
+                        .map_err(|e| Failure::Connect(format!("bad host in {url}: {e}")))?;
+                    self.hosts.lock().expect("pool lock").push(Host {
+                        scheme: url.scheme().cloned(),
+                        authority: url.authority().cloned(),
+                        host,
+                        idle: Vec::new(),
+                    });
+                }
+            }
+        }
+    }
+
+    async fn connect(&self, url: &Uri) -> Result<Sender, Failure> {
+        let mut connector = self.connector.clone();
+        let failed = |e: &(dyn std::error::Error + 'static)| Failure::Connect(error_chain(e));
+        std::future::poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(|e| failed(&*e))?;
+        let io = connector.call(url.clone()).await.map_err(|e| failed(&*e))?;
+        let (sender, connection) = http1::handshake(io).await.map_err(|e| failed(&e))?;
+        // On this thread's runtime, so the connection and its requests share a thread.
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "merchant connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    fn put(&self, url: &Uri, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let now = Instant::now();
+        let mut hosts = self.hosts.lock().expect("pool lock");
+        if let Some(h) = hosts.iter_mut().find(|h| h.serves(url)) {
+            // The least recently used are at the front; drop the stale ones there.
+            let stale = h
+                .idle
+                .iter()
+                .take_while(|(_, since)| now - *since > IDLE_TIMEOUT)
+                .count();
+            h.idle.drain(..stale);
+            h.idle.push((sender, now));
+        }
+    }
+}
+
+impl Host {
+    fn serves(&self, url: &Uri) -> bool {
+        self.scheme.as_ref() == url.scheme() && self.authority.as_ref() == url.authority()
+    }
+}
