@@ -50,7 +50,7 @@ struct Shared {
     breaker_failures: u32,
     breaker_cooldown: Duration,
     max_queued: usize,
-    client: crate::outbound::Client,
+    client: Arc<crate::outbound::pool::Pool>,
     stop: CancellationToken,
 }
 
@@ -129,11 +129,10 @@ impl Delivery {
             breaker_failures: config.breaker_failures,
             breaker_cooldown: config.breaker_cooldown,
             max_queued: config.max_queued.max(1),
-            client: crate::outbound::client(
+            client: Arc::new(crate::outbound::pool::Pool::new(
                 crate::outbound::connector(config.connect_timeout, config.ca_file.as_deref())
                     .map_err(|e| format!("delivery.ca_file: {e}"))?,
-                config.max_in_flight,
-            ),
+            )),
             stop: CancellationToken::new(),
         });
         let delivery = Delivery {

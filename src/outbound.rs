@@ -7,17 +7,11 @@ pub mod pool;
 use std::path::Path;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-
-pub type Client = HyperClient<Connector, Full<Bytes>>;
 
 /// The certificates in `path` (PEM); an error names the file and says what is wrong.
 pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -33,7 +27,7 @@ pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, St
 pub type Connector = HttpsConnector<HttpConnector>;
 
 /// How to open http and https connections; `ca_file` adds trusted roots to the web's.
-/// Built once: each client made from a clone keeps a pool of its own.
+/// Built once: each pool made from a clone keeps connections of its own.
 pub fn connector(connect_timeout: Duration, ca_file: Option<&Path>) -> Result<Connector, String> {
     let mut roots = RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
@@ -61,16 +55,6 @@ pub fn connector(connect_timeout: Duration, ca_file: Option<&Path>) -> Result<Co
         .https_or_http()
         .enable_http1()
         .wrap_connector(connector))
-}
-
-/// A client with its own pool of keep-alive connections.
-pub fn client(connector: Connector, max_idle_per_host: usize) -> Client {
-    HyperClient::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(max_idle_per_host)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(connector)
 }
 
 /// An error with its causes, `a: b: c`: hyper's own text ("client error (Connect)")

@@ -9,7 +9,7 @@ use hyper::{Request, header};
 use serde::{Deserialize, Serialize};
 
 use crate::journal::{Event, now_ms};
-use crate::outbound::{Client, error_chain};
+use crate::outbound::pool::{Failure, Pool};
 use crate::projects::Endpoint;
 
 /// Attempts kept in a delivery's log; older ones are counted, not kept.
@@ -149,7 +149,7 @@ pub fn webhook_id(event: &Event) -> String {
 
 /// Sends `event` to `endpoint` once: the body unchanged, Standard Webhooks headers
 /// signed now. Success is any 2xx within the endpoint's timeout.
-pub async fn send(client: &Client, endpoint: &Endpoint, event: &Event) -> Attempt {
+pub async fn send(pool: &Pool, endpoint: &Endpoint, event: &Event) -> Attempt {
     let at_ms = now_ms();
     let started = Instant::now();
     let done = |status: Option<u16>, class: Class, error: Option<String>| Attempt {
@@ -176,31 +176,29 @@ pub async fn send(client: &Client, endpoint: &Endpoint, event: &Event) -> Attemp
         .body(Full::new(event.body.clone()))
         .expect("a valid URI and static headers");
     let deadline = tokio::time::Instant::now() + endpoint.timeout;
-    let response = match tokio::time::timeout_at(deadline, client.request(request)).await {
-        Err(_) => {
-            return done(
-                None,
-                Class::Timeout,
-                Some(format!("no answer within {:?}", endpoint.timeout)),
-            );
-        }
-        Ok(Err(e)) => {
-            let class = if e.is_connect() {
-                Class::Connect
-            } else {
-                Class::Io
-            };
-            return done(None, class, Some(error_chain(&e)));
-        }
-        Ok(Ok(r)) => r,
-    };
+    let (response, lease) =
+        match tokio::time::timeout_at(deadline, pool.send(&endpoint.url, request)).await {
+            Err(_) => {
+                return done(
+                    None,
+                    Class::Timeout,
+                    Some(format!("no answer within {:?}", endpoint.timeout)),
+                );
+            }
+            Ok(Err(Failure::Connect(e))) => return done(None, Class::Connect, Some(e)),
+            Ok(Err(Failure::Sent(e) | Failure::Body(e))) => return done(None, Class::Io, Some(e)),
+            Ok(Ok(r)) => r,
+        };
     let status = response.status().as_u16();
     let class = Class::of_status(status);
     // Read the answer so the connection goes back to the pool; its status decides,
     // so a slow or broken body after a 2xx still counts as delivered.
     let body = Limited::new(response.into_body(), 64 * 1024).collect();
     let text = match tokio::time::timeout_at(deadline, body).await {
-        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Ok(b)) => {
+            lease.release();
+            b.to_bytes()
+        }
         _ => Bytes::new(),
     };
     let error = (class != Class::Ok).then(|| {

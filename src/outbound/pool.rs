@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper::header::{self, HeaderValue};
 use hyper::http::uri::{Authority, Scheme};
-use hyper::{Request, StatusCode, Uri};
+use hyper::{Request, Response, StatusCode, Uri};
 use tower_service::Service;
 
 use super::{Connector, error_chain};
@@ -45,6 +46,20 @@ struct Host {
     idle: Vec<(Sender, Instant)>,
 }
 
+/// A pooled connection lent for one exchange.
+pub struct Lease<'a> {
+    pool: &'a Pool,
+    url: &'a Uri,
+    sender: Sender,
+}
+
+impl Lease<'_> {
+    /// Gives the connection back: call once the answer's body has been read whole.
+    pub fn release(self) {
+        self.pool.put(self.url, self.sender);
+    }
+}
+
 pub struct Pool {
     connector: Connector,
     hosts: Mutex<Vec<Host>>,
@@ -59,26 +74,53 @@ impl Pool {
     }
 
     /// POSTs `body` as JSON to `url` and reads the answer, at most `max_answer` bytes.
-    /// The connection goes back to the pool only once the answer is read whole; if
-    /// the caller drops this future first, the connection is closed.
     pub async fn post(
         &self,
         url: &Uri,
         body: Bytes,
         max_answer: usize,
     ) -> Result<(StatusCode, Bytes), Failure> {
-        let path = url.path_and_query().map_or("/", |p| p.as_str());
-        let (mut sender, host) = self.checkout(url).await?;
-        let mut request = Request::post(path)
-            .header(header::HOST, host.clone())
+        let request = Request::post(url.clone())
             .header(header::CONTENT_TYPE, "application/json")
             .body(Full::new(body))
-            .expect("a path from a valid URI and static headers");
-        let response = loop {
+            .expect("a valid URI and a static header");
+        let (response, lease) = self.send(url, request).await?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), max_answer)
+            .collect()
+            .await
+            .map_err(|e| Failure::Body(error_chain(&*e)))?
+            .to_bytes();
+        lease.release();
+        Ok((status, body))
+    }
+
+    /// Sends `request` to `url`'s host, on a pooled connection or a new one. The
+    /// connection comes back through `Lease::release` once the answer's body is read
+    /// whole; if the lease is dropped instead, the connection is closed.
+    pub async fn send<'a>(
+        &'a self,
+        url: &'a Uri,
+        mut request: Request<Full<Bytes>>,
+    ) -> Result<(Response<Incoming>, Lease<'a>), Failure> {
+        let (mut sender, host) = self.checkout(url).await?;
+        // A connection to the host takes the origin form: the path, with the host
+        // in its header.
+        let path = url.path_and_query().map_or("/", |p| p.as_str());
+        *request.uri_mut() = Uri::try_from(path).expect("the path of a valid URI");
+        request.headers_mut().insert(header::HOST, host);
+        loop {
             match sender.try_send_request(request).await {
-                Ok(r) => break r,
+                Ok(response) => {
+                    let lease = Lease {
+                        pool: self,
+                        url,
+                        sender,
+                    };
+                    return Ok((response, lease));
+                }
                 // Closed before the request was written: another connection may
-                // send it without any risk of asking the merchant twice.
+                // send it without any risk of sending it twice.
                 Err(mut e) => match e.take_message() {
                     Some(back) => {
                         request = back;
@@ -87,15 +129,7 @@ impl Pool {
                     None => return Err(Failure::Sent(error_chain(e.error()))),
                 },
             }
-        };
-        let status = response.status();
-        let body = Limited::new(response.into_body(), max_answer)
-            .collect()
-            .await
-            .map_err(|e| Failure::Body(error_chain(&*e)))?
-            .to_bytes();
-        self.put(url, sender);
-        Ok((status, body))
+        }
     }
 
     /// A ready idle connection to `url`'s host, or a new one, with the Host header.
