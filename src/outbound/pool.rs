@@ -1,7 +1,8 @@
-//! The keep-alive connections of one HTTP thread to the merchants it asks, kept per
-//! host and reused last-in first-out. Unlike the shared client it takes no lock
-//! across threads and spawns no task per request: only one per new connection.
+//! Keep-alive connections to merchants, kept per host and reused last-in first-out.
+//! Each HTTP thread has a pool of its own for terminal requests; delivery shares one.
+//! A task is spawned per new connection only, never per request.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -38,12 +39,34 @@ impl Failure {
     }
 }
 
+type Key = (Option<Scheme>, Option<Authority>);
+
+fn key(url: &Uri) -> Key {
+    (url.scheme().cloned(), url.authority().cloned())
+}
+
 /// One host's idle connections, most recently used last.
 struct Host {
-    scheme: Option<Scheme>,
-    authority: Option<Authority>,
     host: HeaderValue,
     idle: Vec<(Sender, Instant)>,
+}
+
+impl Host {
+    /// Closes the connections idle for longer than `IDLE_TIMEOUT` (the oldest first).
+    fn expire(&mut self, now: Instant) {
+        let stale = self
+            .idle
+            .iter()
+            .take_while(|(_, since)| now - *since > IDLE_TIMEOUT)
+            .count();
+        self.idle.drain(..stale);
+    }
+}
+
+struct Hosts {
+    by_key: HashMap<Key, Host>,
+    /// When every host's stale connections were last closed.
+    expired: Instant,
 }
 
 /// A pooled connection lent for one exchange.
@@ -62,14 +85,17 @@ impl Lease<'_> {
 
 pub struct Pool {
     connector: Connector,
-    hosts: Mutex<Vec<Host>>,
+    hosts: Mutex<Hosts>,
 }
 
 impl Pool {
     pub fn new(connector: Connector) -> Self {
         Pool {
             connector,
-            hosts: Mutex::new(Vec::new()),
+            hosts: Mutex::new(Hosts {
+                by_key: HashMap::new(),
+                expired: Instant::now(),
+            }),
         }
     }
 
@@ -138,8 +164,8 @@ impl Pool {
             let taken = {
                 let mut hosts = self.hosts.lock().expect("pool lock");
                 hosts
-                    .iter_mut()
-                    .find(|h| h.serves(url))
+                    .by_key
+                    .get_mut(&key(url))
                     .map(|h| (h.idle.pop(), h.host.clone()))
             };
             match taken {
@@ -153,12 +179,9 @@ impl Pool {
                 None => {
                     let host = HeaderValue::from_str(url.authority().map_or("", |a| a.as_str()))
                         .map_err(|e| Failure::Connect(format!("bad host in {url}: {e}")))?;
-                    self.hosts.lock().expect("pool lock").push(Host {
-                        scheme: url.scheme().cloned(),
-                        authority: url.authority().cloned(),
-                        host,
-                        idle: Vec::new(),
-                    });
+                    let mut hosts = self.hosts.lock().expect("pool lock");
+                    let idle = Vec::new();
+                    hosts.by_key.entry(key(url)).or_insert(Host { host, idle });
                 }
             }
         }
@@ -187,21 +210,14 @@ impl Pool {
         }
         let now = Instant::now();
         let mut hosts = self.hosts.lock().expect("pool lock");
-        if let Some(h) = hosts.iter_mut().find(|h| h.serves(url)) {
-            // The least recently used are at the front; drop the stale ones there.
-            let stale = h
-                .idle
-                .iter()
-                .take_while(|(_, since)| now - *since > IDLE_TIMEOUT)
-                .count();
-            h.idle.drain(..stale);
+        // Now and then, every host: one that went quiet keeps no sockets open.
+        if now - hosts.expired > IDLE_TIMEOUT {
+            hosts.by_key.values_mut().for_each(|h| h.expire(now));
+            hosts.expired = now;
+        }
+        if let Some(h) = hosts.by_key.get_mut(&key(url)) {
+            h.expire(now);
             h.idle.push((sender, now));
         }
-    }
-}
-
-impl Host {
-    fn serves(&self, url: &Uri) -> bool {
-        self.scheme.as_ref() == url.scheme() && self.authority.as_ref() == url.authority()
     }
 }
