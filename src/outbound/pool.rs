@@ -195,7 +195,7 @@ impl Pool {
             .map_err(|e| failed(&*e))?;
         let io = connector.call(url.clone()).await.map_err(|e| failed(&*e))?;
         let (sender, connection) = http1::handshake(io).await.map_err(|e| failed(&e))?;
-        // On this thread's runtime, so the connection and its requests share a thread.
+        // On the caller's runtime: a terminal pool's connections stay on its HTTP thread.
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "merchant connection ended");
