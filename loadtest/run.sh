@@ -109,11 +109,12 @@ r=$(oha_row http://127.0.0.1:18081/terminal "$work/verify.signed.json" "$base");
 cbgate_terminal_rps=$(cut -d'|' -f1 <<<"$r")
 # 4b. The same at a steady 2,000 req/s (no hop saturated): the latency each hop adds.
 r=$(oha_row http://127.0.0.1:19000/terminal "$work/verify.signed.json" "" "-q 2000"); add "terminal verify @2k/s" oha "merchant stub direct" "$r"
-direct_p99=$(cut -d'|' -f3 <<<"$r")
+direct_p99=$(cut -d'|' -f3 <<<"$r"); direct_2k=$(cut -d'|' -f2-4 <<<"$r")
 over_direct() { python3 -c "print(f'{$(cut -d'|' -f3 <<<"$1") - $direct_p99:.2f}')"; } # p99 a hop adds
 r=$(oha_row http://127.0.0.1:18090/terminal "$work/verify.signed.json" "" "-q 2000"); add "terminal verify @2k/s" oha "nginx → stub" "$r"
+nginx_2k=$(cut -d'|' -f2-4 <<<"$r")
 r=$(oha_row http://127.0.0.1:18081/terminal "$work/verify.signed.json" "" "-q 2000"); add "terminal verify @2k/s" oha "cbgate → stub" "$r"
-added_p99=$(over_direct "$r")
+added_p99=$(over_direct "$r"); cbgate_2k=$(cut -d'|' -f2-4 <<<"$r")
 r=$(oha_row http://127.0.0.1:18083/terminal "$work/verify.signed.json" "" "-q 2000"); add "terminal verify @2k/s" oha "cbgate (worker_threads = 1) → stub" "$r"
 added_p99_1w=$(over_direct "$r")
 # 4c. The platform's mix (kiosk flows, OTP, refunds, retries, bad input), every answer checked.
@@ -154,10 +155,15 @@ stats=$(curl -s http://127.0.0.1:19000/stats)
   echo "End to end: $accepted callbacks accepted, $delivered delivered to the stub; the backlog drained ${drain}s after the load stopped. Stub: $stats"
   python3 - "$cb_accepted" "$cb_duplicate" "$ceiling" "$py" "$cbgate_terminal_rps" "$nginx_rps" \
     "$cb_p99" "$bare_p99" "$(cut -d'|' -f2 <<<"$fsync")" "$added_p99" "$added_p99_1w" \
-    "$cb_p99_rate" "$bare_p99_rate" "$RATE" <<'PY'
+    "$cb_p99_rate" "$bare_p99_rate" "$RATE" "$direct_2k" "$nginx_2k" "$cbgate_2k" <<'PY'
 import sys
 (acc, dup, ceil, py, term, nginx, p99, bare_p99, fsync_p99, added, added_1w,
- p99_rate, bare_p99_rate, rate) = map(float, sys.argv[1:])
+ p99_rate, bare_p99_rate, rate) = map(float, sys.argv[1:15])
+# p50|p99|p99.9 at 2k/s: what each hop adds over the stub direct, percentile by percentile.
+direct_2k, nginx_2k, cbgate_2k = ([float(x) for x in a.split("|")] for a in sys.argv[15:18])
+hop = lambda row: [r - d for r, d in zip(row, direct_2k)]
+ours, theirs = hop(cbgate_2k), hop(nginx_2k)
+shown = lambda h: "/".join(f"{x:+.2f}" for x in h)
 verdict = lambda ok: "met" if ok else "MISSED"
 limit = bare_p99 + 2 * fsync_p99
 limit_rate = bare_p99_rate + 2 * fsync_p99
@@ -166,7 +172,9 @@ print(f"Targets: callbacks accepted at {acc / ceil:.2f}x the bare hyper ceiling 
       f"at {rate:.0f}/s: {p99_rate:.2f} ms vs {limit_rate:.2f} ms, {verdict(p99_rate <= limit_rate)}); "
       f"{acc / py:.1f}x the Python SDK handler on the accepted path, {dup / py:.1f}x on the duplicate path "
       f"(>= 20x: {verdict(acc >= 20 * py)}); terminal through cbgate at {term / nginx:.2f}x nginx's throughput "
-      f"(no worse than the nginx hop: {verdict(term >= nginx)}); terminal p99 added at 2k/s {added:.2f} ms "
+      f"(no worse than the nginx hop: {verdict(term >= nginx)}); at 2k/s it adds {shown(ours)} ms at p50/p99/p99.9, "
+      f"nginx {shown(theirs)} ms (no worse: " + ", ".join(f"{n} {verdict(o <= t)}" for n, o, t in
+      zip(("p50", "p99", "p99.9"), ours, theirs)) + f"); terminal p99 added at 2k/s {added:.2f} ms "
       f"(< 1 ms: {verdict(added < 1)}; with worker_threads = 1: {added_1w:.2f} ms, {verdict(added_1w < 1)}).")
 PY
 } | tee "$OUT"
