@@ -141,12 +141,13 @@ fn fan_out_gives_each_endpoint_exactly_what_its_filters_match() {
 
 #[test]
 fn a_flaky_endpoint_gets_everything_in_the_end() {
-    // Every fifth request in turn: 500, reset, no answer, slow 204, 200.
-    let flaky = Endpoint::start(|n, _| match n % 5 {
+    // Every sixth request in turn: 500, reset, no answer, slow 204, 200 and hang up, 200.
+    let flaky = Endpoint::start(|n, _| match n % 6 {
         0 => Reply::Status(500),
         1 => Reply::Close,
         2 => Reply::Hang(Duration::from_millis(600)),
         3 => Reply::Slow(Duration::from_millis(100), 204),
+        4 => Reply::Last(200),
         _ => Reply::Status(200),
     });
     let g = Gateway::start(&config(

@@ -21,6 +21,8 @@ pub enum Reply {
     Hang(Duration),
     /// Close the connection without answering.
     Close,
+    /// Answer, then close the connection (an idle keep-alive connection gone).
+    Last(u16),
 }
 
 /// One request as the endpoint saw it.
@@ -200,7 +202,7 @@ fn serve(
         let n = count.fetch_add(1, Ordering::AcqRel);
         let reply = behave(n, &body);
         let status = match reply {
-            Reply::Status(s) => Some(s),
+            Reply::Status(s) | Reply::Last(s) => Some(s),
             Reply::Slow(pause, s) => {
                 std::thread::sleep(pause);
                 Some(s)
@@ -220,7 +222,8 @@ fn serve(
         });
         let Some(status) = status else { return };
         let answer = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n");
-        if reader.get_mut().write_all(answer.as_bytes()).is_err() {
+        if reader.get_mut().write_all(answer.as_bytes()).is_err() || matches!(reply, Reply::Last(_))
+        {
             return;
         }
     }
