@@ -194,41 +194,17 @@ impl Terminal {
                 reason: e.to_string(),
             });
         }
-        // Read every field first: the signature check needs the parser back.
-        let field = |path: &[u8]| {
-            canon
-                .get(path)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-        };
-        let fields: Vec<(&str, Option<String>)> = [
-            "type",
-            "payment_method",
-            "project_id",
-            "customer_id",
-            "amount",
-            "currency",
-        ]
-        .iter()
-        .map(|f| (*f, field(f.as_bytes())))
-        .collect();
-        let text = |name: &[u8]| {
-            fields
-                .iter()
-                .find(|(f, _)| f.as_bytes() == name)
-                .and_then(|(_, v)| v.clone())
-        };
-        let kind = match text(b"type").as_deref() {
+        let field = |name: &[u8]| canon.get(name).and_then(|v| std::str::from_utf8(v).ok());
+        let kind = match field(b"type") {
             Some("verify") => Kind::Verify,
             Some("check_deposit") => Kind::CheckDeposit,
             _ => Kind::Unknown,
         };
-        let method = text(b"payment_method");
-        let project = text(b"project_id").and_then(|id| projects.by_text(id.as_bytes()).cloned());
+        let project_id = canon.get(b"project_id");
+        let project = project_id.and_then(|id| projects.by_text(id).cloned());
         // check_deposit names its method; verify speaks the project's.
         let dialect = Dialect::of(
-            method
-                .as_deref()
-                .or(project.as_ref().and_then(|p| p.method.as_deref())),
+            field(b"payment_method").or(project.as_ref().and_then(|p| p.method.as_deref())),
         );
         let fail = |code: u16, reason: String| {
             Err(Refusal {
@@ -243,9 +219,12 @@ impl Terminal {
             return fail(500, "type must be verify or check_deposit".into());
         }
         let Some(project) = project.clone() else {
-            return match text(b"project_id") {
+            return match project_id {
                 None => fail(500, "missing field project_id".into()),
-                Some(id) => fail(500, format!("unknown project {id}")),
+                Some(id) => fail(
+                    500,
+                    format!("unknown project {}", String::from_utf8_lossy(id)),
+                ),
             };
         };
         match signature::verify_loaded(canon, &project.secrets, self.fallback) {
@@ -255,6 +234,8 @@ impl Terminal {
             }
             Err(e) => return fail(400, e.to_string()),
         }
+        // The fields are read again: the signature check needed the parser.
+        let text = |name: &[u8]| canon.get(name).map(String::from_utf8_lossy);
         let required: &[&str] = match kind {
             Kind::Verify => &["customer_id"],
             _ => &["customer_id", "amount", "currency", "payment_method"],
@@ -269,8 +250,8 @@ impl Terminal {
             if currency != "KZT" {
                 return fail(500, format!("currency must be KZT, not {currency}"));
             }
-            let method = method.unwrap_or_default();
-            if !crate::config::TERMINAL_METHODS.contains(&method.as_str()) {
+            let method = text(b"payment_method").unwrap_or_default();
+            if !crate::config::TERMINAL_METHODS.contains(&method.as_ref()) {
                 return fail(500, format!("unsupported payment_method {method}"));
             }
             let Some(amount) = text(b"amount").and_then(|a| a.parse::<i64>().ok()) else {
