@@ -194,7 +194,11 @@ impl Pool {
             .await
             .map_err(|e| failed(&*e))?;
         let io = connector.call(url.clone()).await.map_err(|e| failed(&*e))?;
-        let (sender, connection) = http1::handshake(io).await.map_err(|e| failed(&e))?;
+        let (sender, connection) = http1::Builder::new()
+            .writev(false)
+            .handshake(io)
+            .await
+            .map_err(|e| failed(&e))?;
         // On the caller's runtime: a terminal pool's connections stay on its HTTP thread.
         tokio::spawn(async move {
             if let Err(e) = connection.await {
