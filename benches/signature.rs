@@ -121,6 +121,15 @@ fn bench(c: &mut Criterion) {
     g.bench_function("naive_serde_value_baseline", |b| {
         b.iter(|| assert!(naive_verify(black_box(&body), SECRET)))
     });
+    // The kiosk's verify, as the terminal load tests send it: the check per terminal request.
+    let kiosk = signature::attach(
+        br#"{"type": "verify", "customer_id": "7123456789", "project_id": 1234}"#,
+        SECRET,
+    )
+    .unwrap();
+    g.bench_function("verify_terminal_request", |b| {
+        b.iter(|| signature::verify(&mut canon, black_box(&kiosk), &secrets, true).unwrap())
+    });
     g.finish();
 }
 
