@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::{Response, StatusCode};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::Value;
+use serde_json::error::Category;
 
 use crate::http::{Body, json};
 use crate::metrics as m;
@@ -357,7 +360,7 @@ impl Terminal {
             );
         }
         match validate(c.kind, &bytes) {
-            Ok(answer) => (Answer::new(c.dialect.translate(answer)), true),
+            Ok(valid) => (relay(c.dialect, valid, bytes), true),
             Err(reason) => {
                 merchant_error("malformed", format!("malformed merchant answer: {reason}"))
             }
@@ -365,31 +368,69 @@ impl Terminal {
     }
 }
 
-/// Checks a merchant answer against the protocol.
-fn validate(kind: Kind, bytes: &[u8]) -> Result<serde_json::Map<String, Value>, String> {
-    let value: Value = serde_json::from_slice(bytes).map_err(|_| "not JSON".to_string())?;
-    let Value::Object(answer) = value else {
-        return Err("not a JSON object".into());
-    };
+/// The fields of a merchant answer that the protocol checks; the rest passes through.
+#[derive(Deserialize)]
+struct AnswerFields {
+    code: Option<Value>,
+    currency: Option<Value>,
+    payment_id: Option<Value>,
+    message: Option<IgnoredAny>,
+    error_description: Option<IgnoredAny>,
+}
+
+/// A merchant answer that passed: its code, and where it gives a reason.
+struct Valid {
+    code: u16,
+    message: bool,
+    error_description: bool,
+}
+
+/// Checks a merchant answer against the protocol without building it as a tree: a
+/// valid answer is relayed as the merchant wrote it.
+fn validate(kind: Kind, bytes: &[u8]) -> Result<Valid, String> {
+    let answer: AnswerFields = serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+        Category::Data if bytes.trim_ascii_start().starts_with(b"{") => e.to_string(),
+        Category::Data => "not a JSON object".to_string(),
+        _ => "not JSON".to_string(),
+    })?;
     let code = answer
-        .get("code")
+        .code
+        .as_ref()
         .and_then(Value::as_u64)
         .ok_or("no integer code")?;
     if ![0, 400, 404, 500].contains(&code) {
         return Err(format!("code {code} is not one of 0, 400, 404, 500"));
     }
-    let present = |f: &str| match answer.get(f) {
+    let present = |f: &Option<Value>| match f {
         Some(Value::String(s)) => !s.is_empty(),
         Some(Value::Number(_)) => true,
         _ => false,
     };
-    if code == 0 && kind == Kind::Verify && !present("currency") {
+    if code == 0 && kind == Kind::Verify && !present(&answer.currency) {
         return Err("verify success without currency".into());
     }
-    if code == 0 && kind == Kind::CheckDeposit && !present("payment_id") {
+    if code == 0 && kind == Kind::CheckDeposit && !present(&answer.payment_id) {
         return Err("check_deposit success without payment_id".into());
     }
-    Ok(answer)
+    Ok(Valid {
+        code: code as u16,
+        message: answer.message.is_some(),
+        error_description: answer.error_description.is_some(),
+    })
+}
+
+/// The merchant's answer in `dialect`: as it came, unless its reason is in the other
+/// dialect's field.
+fn relay(dialect: Dialect, valid: Valid, bytes: Bytes) -> Answer {
+    if !dialect.foreign(valid.message, valid.error_description) {
+        return Answer {
+            code: valid.code,
+            body: bytes,
+        };
+    }
+    let answer: serde_json::Map<String, Value> =
+        serde_json::from_slice(&bytes).expect("validated as a JSON object");
+    Answer::new(dialect.translate(answer))
 }
 
 #[cfg(test)]
@@ -405,6 +446,29 @@ mod tests {
         assert!(validate(Kind::Verify, br#"{"code":404,"message":"no"}"#).is_ok());
         assert!(validate(Kind::Verify, br#"{"code":200}"#).is_err());
         assert!(validate(Kind::Verify, br#"{"code":"0","currency":"KZT"}"#).is_err());
-        assert!(validate(Kind::Verify, b"<html>").is_err());
+        assert!(validate(Kind::Verify, b"<html>").is_err_and(|e| e == "not JSON"));
+        assert!(validate(Kind::Verify, b"[0]").is_err_and(|e| e == "not a JSON object"));
+        // Two codes: which one the platform would read is unknowable.
+        assert!(validate(Kind::Verify, br#"{"code":0,"code":500,"currency":"KZT"}"#).is_err());
+    }
+
+    #[test]
+    fn a_valid_answer_is_relayed_as_written_unless_it_speaks_the_other_dialect() {
+        let relayed = |dialect, raw: &'static [u8]| {
+            let valid = validate(Kind::Verify, raw).unwrap();
+            relay(dialect, valid, Bytes::from_static(raw))
+        };
+        let raw = br#"{ "code": 0, "currency": "KZT", "additional_customer_id": "HFVDW42345" }"#;
+        let answer = relayed(Dialect::PayDala, raw);
+        assert_eq!((answer.code, &answer.body[..]), (0, &raw[..]));
+        let answer = relayed(
+            Dialect::PayDala,
+            br#"{"code":404,"error_description":"gone"}"#,
+        );
+        let value: Value = serde_json::from_slice(&answer.body).unwrap();
+        assert_eq!(
+            (answer.code, value),
+            (404, serde_json::json!({"code": 404, "message": "gone"}))
+        );
     }
 }

@@ -49,6 +49,14 @@ impl Dialect {
         Value::Object(m)
     }
 
+    /// Whether an answer giving its reason in these fields speaks the other dialect.
+    pub fn foreign(self, message: bool, error_description: bool) -> bool {
+        match self {
+            Dialect::Kassa24 => message && !error_description,
+            Dialect::PayDala => error_description && !message,
+        }
+    }
+
     /// A merchant answer in this dialect: a reason written in the other dialect's
     /// field moves to ours (unless ours is already there).
     pub fn translate(self, mut answer: Map<String, Value>) -> Value {
@@ -85,5 +93,7 @@ mod tests {
             json!({"code": 400, "message": "x"})
         );
         assert_eq!(Dialect::of(None), Dialect::Kassa24);
+        assert!(paydala.foreign(false, true) && !paydala.foreign(true, true));
+        assert!(kassa.foreign(true, false) && !kassa.foreign(false, false));
     }
 }
