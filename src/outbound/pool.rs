@@ -19,7 +19,7 @@ use super::{Connector, error_chain};
 
 type Sender = http1::SendRequest<Full<Bytes>>;
 
-/// An idle connection is closed after this long unused, as the shared client's are.
+/// An idle connection is closed after this long unused, so a quiet host holds no sockets.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why an exchange failed, and whether the request can have reached the merchant.
