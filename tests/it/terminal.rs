@@ -166,6 +166,18 @@ fn seed_requests() -> Vec<(u64, Value)> {
     out
 }
 
+/// A Kassa24 verify (project 1234) and a PayDala check_deposit (2222) for `customer`.
+fn verify_and_deposit(customer: &str) -> [(u64, Value); 2] {
+    [
+        (1234, json!({"type": "verify", "customer_id": customer})),
+        (
+            2222,
+            json!({"type": "check_deposit", "customer_id": customer, "amount": 1000,
+                   "currency": "KZT", "payment_method": "terminal/paydala"}),
+        ),
+    ]
+}
+
 fn reason_field(project: u64) -> &'static str {
     if project == 2222 {
         "message"
@@ -334,10 +346,7 @@ fn a_slow_merchant_gets_code_500_before_the_budget() {
     let merchant = Merchant::start();
     let budget = Duration::from_millis(500);
     let g = gateway(&merchant, "500ms");
-    let verify = json!({"type": "verify", "customer_id": "acct-slow"});
-    let deposit = json!({"type": "check_deposit", "customer_id": "acct-slow", "amount": 1000,
-                         "currency": "KZT", "payment_method": "terminal/paydala"});
-    for (project, request) in [(1234, verify), (2222, deposit)] {
+    for (project, request) in verify_and_deposit("acct-slow") {
         let started = Instant::now();
         let answer = ask(&g, project, &request);
         let took = started.elapsed();
@@ -353,10 +362,7 @@ fn a_slow_merchant_gets_code_500_before_the_budget() {
 fn a_lost_connection_retries_a_verify_once_and_never_a_check_deposit_that_left() {
     let merchant = Merchant::start();
     let g = gateway(&merchant, "2s");
-    let verify = json!({"type": "verify", "customer_id": "acct-drop"});
-    let deposit = json!({"type": "check_deposit", "customer_id": "acct-drop", "amount": 1000,
-                         "currency": "KZT", "payment_method": "terminal/paydala"});
-    for (project, request, tries) in [(1234, verify, 2), (2222, deposit, 1)] {
+    for ((project, request), tries) in verify_and_deposit("acct-drop").into_iter().zip([2, 1]) {
         let body = signed_for(project, &request.to_string(), SECRET);
         let (status, answer) = g.post("/terminal", &body);
         assert_eq!(status, 200);
