@@ -12,7 +12,8 @@ use bytes::Bytes;
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 use cbgate::dedup::DedupKey;
-use cbgate::journal::{DeliveryUpdate, Event, Group, RedbStore, Store};
+use cbgate::store::embedded::redb::{Group, Journal, Update};
+use cbgate::store::{EndpointKey, Event};
 
 fn event(seq: u64, body: &Bytes) -> Event {
     Event {
@@ -21,7 +22,8 @@ fn event(seq: u64, body: &Bytes) -> Event {
         project: 1234,
         dedup: DedupKey(seq as u128 * 0x9E37_79B9_7F4A_7C15),
         order_key: format!("1234/pay-{seq}"),
-        endpoints: vec!["1234/ledger".into()],
+        partition: 0,
+        endpoints: vec![EndpointKey::new(1234, "ledger")],
         body: body.clone(),
     }
 }
@@ -46,7 +48,7 @@ fn bench(c: &mut Criterion) {
             },
         );
         let store =
-            RedbStore::open(&dir.path().join(format!("redb-{batch}")), false, 256 << 20).unwrap();
+            Journal::open(&dir.path().join(format!("redb-{batch}")), false, 256 << 20).unwrap();
         let mut seq = 1u64;
         g.bench_with_input(
             BenchmarkId::new("redb_store", batch),
@@ -76,12 +78,12 @@ fn release(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(5));
     for dead in [0u64, 100_000] {
         let dir = tempfile::tempdir().unwrap();
-        let store = RedbStore::open(dir.path(), false, 256 << 20).unwrap();
+        let store = Journal::open(dir.path(), false, 256 << 20).unwrap();
         let outage = Group {
             updates: (0..dead)
-                .map(|i| DeliveryUpdate::Dead {
+                .map(|i| Update::Dead {
                     seq: 1_000_000_000 + i,
-                    endpoint: "1234/crm".into(),
+                    endpoint: EndpointKey::new(1234, "crm"),
                     state: vec![],
                 })
                 .collect(),
@@ -105,9 +107,9 @@ fn release(c: &mut Criterion) {
                         .unwrap();
                     let done = Group {
                         updates: (seq..seq + 32)
-                            .map(|s| DeliveryUpdate::Done {
+                            .map(|s| Update::Done {
                                 seq: s,
-                                endpoint: "1234/ledger".into(),
+                                endpoint: EndpointKey::new(1234, "ledger"),
                             })
                             .collect(),
                         next_seq: seq + 32,

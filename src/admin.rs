@@ -15,17 +15,17 @@ use serde_json::{Value, json as js};
 
 use crate::delivery::{self, Delivery};
 use crate::http::{Body, json, text};
-use crate::journal::{Journal, JournalError};
 use crate::metrics as m;
+use crate::store::{Cursor, DeliveryState, EndpointKey, Store, StoreError};
 
 pub struct Admin {
     pub token: Option<String>,
     pub metrics: PrometheusHandle,
     /// False while starting, recovering or draining.
     pub ready: Arc<AtomicBool>,
-    /// Set once the journal is recovered (the admin listener is up before that).
-    pub journal: OnceLock<Journal>,
-    /// Set with the journal.
+    /// Set once the store is open (the admin listener is up before that).
+    pub store: OnceLock<Arc<dyn Store>>,
+    /// Set with the store.
     pub delivery: OnceLock<Delivery>,
 }
 
@@ -34,16 +34,21 @@ impl Admin {
         match req.uri().path() {
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" => {
-                if self.ready.load(Ordering::Acquire) {
-                    text(StatusCode::OK, "ready\n")
-                } else {
-                    text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                let health = self.store.get().map(|s| s.health().ready);
+                match (self.ready.load(Ordering::Acquire), health) {
+                    (true, Some(Ok(()))) => text(StatusCode::OK, "ready\n"),
+                    (_, Some(Err(reason))) => text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("not ready: {reason}\n"),
+                    ),
+                    _ => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
                 }
             }
             "/metrics" => {
-                if let Some(journal) = self.journal.get() {
-                    metrics::gauge!(m::DEDUP_KEYS).set(journal.dedup_len() as f64);
-                    metrics::gauge!(m::JOURNAL_QUEUE_DEPTH).set(journal.queued() as f64);
+                if let Some(store) = self.store.get() {
+                    let health = store.health();
+                    metrics::gauge!(m::DEDUP_KEYS).set(health.dedup_keys as f64);
+                    metrics::gauge!(m::JOURNAL_QUEUE_DEPTH).set(health.queued as f64);
                 }
                 let mut r = text(StatusCode::OK, self.metrics.render());
                 r.headers_mut().insert(
@@ -59,21 +64,27 @@ impl Admin {
                         r#"{"error":"missing or wrong bearer token"}"#,
                     );
                 }
-                let (Some(journal), Some(delivery)) = (self.journal.get(), self.delivery.get())
-                else {
+                let (Some(store), Some(delivery)) = (self.store.get(), self.delivery.get()) else {
                     return json(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        r#"{"error":"the journal is still recovering"}"#,
+                        r#"{"error":"the store is still opening"}"#,
                     );
                 };
                 let query = Query(req.uri().query().unwrap_or_default().to_string());
                 let path = path.trim_start_matches("/admin/").to_string();
-                match deliveries(req.method(), &path, &query, journal, delivery).await {
+                match deliveries(req.method(), &path, &query, store.as_ref(), delivery).await {
                     Ok((status, body)) => json(status, body.to_string()),
-                    Err(e) => json(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        js!({ "error": e.to_string() }).to_string(),
-                    ),
+                    Err(e) => {
+                        let status = match e {
+                            StoreError::Busy | StoreError::Unavailable(_) | StoreError::Closed => {
+                                StatusCode::SERVICE_UNAVAILABLE
+                            }
+                            StoreError::Malformed(_) | StoreError::Refused(_) => {
+                                StatusCode::INTERNAL_SERVER_ERROR
+                            }
+                        };
+                        json(status, js!({ "error": e.to_string() }).to_string())
+                    }
                 }
             }
             _ => json(StatusCode::NOT_FOUND, r#"{"error":"no such route"}"#),
@@ -105,26 +116,25 @@ async fn deliveries(
     method: &Method,
     path: &str,
     query: &Query,
-    journal: &Journal,
+    store: &dyn Store,
     delivery: &Delivery,
-) -> Result<(StatusCode, Value), JournalError> {
+) -> Result<(StatusCode, Value), StoreError> {
     let parts: Vec<&str> = path.split('/').collect();
     let not_found = |what: &str| Ok((StatusCode::NOT_FOUND, js!({ "error": what })));
+    let endpoint = |project: &str, name: &str| {
+        EndpointKey::parse(&format!("{project}/{name}")).filter(|k| delivery.knows(k))
+    };
     match (method, parts.as_slice()) {
-        (&Method::GET, ["endpoints"]) => Ok((StatusCode::OK, js!(delivery.status().await))),
+        (&Method::GET, ["endpoints"]) => Ok((StatusCode::OK, js!(delivery.status().await?))),
         (&Method::POST, ["endpoints", project, name, action @ ("pause" | "resume")]) => {
-            let key = format!("{project}/{name}");
-            if delivery.pause(&key, *action == "pause") {
-                Ok((
-                    StatusCode::OK,
-                    js!({ "endpoint": key, "paused": *action == "pause" }),
-                ))
-            } else {
-                not_found("no such endpoint")
-            }
+            let Some(key) = endpoint(project, name) else {
+                return not_found("no such endpoint");
+            };
+            let paused = *action == "pause";
+            delivery.pause(&key, paused).await?;
+            Ok((StatusCode::OK, js!({ "endpoint": key, "paused": paused })))
         }
         (&Method::POST, ["endpoints", project, name, "replay", rest @ ..]) => {
-            let key = format!("{project}/{name}");
             let seq = match rest {
                 [] => None,
                 [seq] => match seq.parse() {
@@ -133,9 +143,9 @@ async fn deliveries(
                 },
                 _ => return not_found("no such admin route"),
             };
-            if !delivery.knows(&key) {
+            let Some(key) = endpoint(project, name) else {
                 return not_found("no such endpoint");
-            }
+            };
             let replayed = delivery.replay(&key, seq).await?;
             if seq.is_some() && replayed == 0 {
                 return not_found("no such dead letter");
@@ -151,57 +161,49 @@ async fn deliveries(
                 .and_then(|l| l.parse().ok())
                 .unwrap_or(100usize)
                 .clamp(1, 1000);
-            let after = query.get("after").and_then(|a| {
-                let (ep, seq) = a.rsplit_once(':')?;
-                Some((ep.to_string(), seq.parse().ok()?))
-            });
-            let endpoint = query.get("endpoint");
-            let store = journal.store().clone();
-            let rows = tokio::task::spawn_blocking(move || {
-                store.dead_letters(endpoint.as_deref(), after, limit)
-            })
-            .await
-            .map_err(|e| JournalError::Storage(e.to_string()))??;
-            let next = (rows.len() == limit)
-                .then(|| rows.last().map(|(ep, seq, _)| format!("{ep}:{seq}")))
-                .flatten();
-            let items: Vec<Value> = rows
+            let after = query.get("after").map(Cursor);
+            let endpoint = match query.get("endpoint") {
+                None => None,
+                Some(text) => match EndpointKey::parse(&text) {
+                    Some(key) => Some(key),
+                    None => return Ok((StatusCode::OK, js!({ "items": [], "next": null }))),
+                },
+            };
+            let page = store.dead_letters(endpoint, after, limit).await?;
+            let items: Vec<Value> = page
+                .items
                 .iter()
-                .map(|(ep, seq, raw)| {
-                    js!({ "endpoint": ep, "seq": seq, "state": delivery::State::decode(raw, 0) })
+                .map(|d| {
+                    js!({
+                        "endpoint": d.endpoint,
+                        "seq": d.seq,
+                        "state": delivery::State::decode(&d.state, 0),
+                    })
                 })
                 .collect();
-            Ok((StatusCode::OK, js!({ "items": items, "next": next })))
+            Ok((
+                StatusCode::OK,
+                js!({ "items": items, "next": page.next.map(|c| c.0) }),
+            ))
         }
         (&Method::GET, ["events", seq]) => {
             let Ok(seq) = seq.parse::<u64>() else {
                 return not_found("no such event");
             };
-            let store = journal.store().clone();
-            let found = tokio::task::spawn_blocking(move || {
-                let Some(event) = store.event(seq)? else {
-                    return Ok(None);
-                };
-                let deliveries = event
-                    .endpoints
-                    .iter()
-                    .map(|ep| Ok((ep.clone(), store.delivery(seq, ep)?)))
-                    .collect::<Result<Vec<_>, JournalError>>()?;
-                Ok::<_, JournalError>(Some((event, deliveries)))
-            })
-            .await
-            .map_err(|e| JournalError::Storage(e.to_string()))??;
-            let Some((event, rows)) = found else {
+            let Some(view) = store.event(seq).await? else {
                 return not_found("no such event (unknown, or delivered everywhere)");
             };
-            let deliveries: Vec<Value> = rows
-                .into_iter()
-                .map(|(ep, row)| match row {
-                    None => js!({ "endpoint": ep, "status": "delivered" }),
-                    Some((dead, raw)) => js!({
+            let event = &view.event;
+            let deliveries: Vec<Value> = view
+                .deliveries
+                .iter()
+                .map(|(ep, state)| match state {
+                    DeliveryState::Delivered => js!({ "endpoint": ep, "status": "delivered" }),
+                    DeliveryState::InFlight => js!({ "endpoint": ep, "status": "in_flight" }),
+                    DeliveryState::Pending(raw) | DeliveryState::Dead(raw) => js!({
                         "endpoint": ep,
-                        "status": if dead { "dead" } else { "pending" },
-                        "state": delivery::State::decode(&raw, event.accepted_ms),
+                        "status": if matches!(state, DeliveryState::Dead(_)) { "dead" } else { "pending" },
+                        "state": delivery::State::decode(raw, event.accepted_ms),
                     }),
                 })
                 .collect();
@@ -213,7 +215,7 @@ async fn deliveries(
                     "seq": event.seq,
                     "accepted_ms": event.accepted_ms,
                     "project": event.project,
-                    "webhook_id": delivery::webhook_id(&event),
+                    "webhook_id": delivery::webhook_id(event),
                     "order_key": event.order_key,
                     "deliveries": deliveries,
                     "body": body,

@@ -1,7 +1,7 @@
 //! Wires the parts together and owns the order of start and shutdown:
-//! recover the journal → start delivery → bind → ready; on signal: not ready → stop
-//! accepting and drain requests → stop delivery → last journal commit → exit, all
-//! under the grace period.
+//! open the store → start delivery → bind → ready; on signal: not ready → stop
+//! accepting and drain requests → stop delivery → close the store (last commit) →
+//! exit, all under the grace period.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,16 +17,16 @@ use crate::config::Config;
 use crate::delivery::Delivery;
 use crate::http::{self, Limits};
 use crate::ingress::{Ingress, IngressHandles};
-use crate::journal::{Journal, JournalError, RedbStore};
 use crate::metrics as m;
 use crate::projects::Projects;
+use crate::store::{self, StoreError};
 use crate::terminal::Terminal;
 use crate::verifier::Verifier;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error(transparent)]
-    Journal(#[from] JournalError),
+    Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {error}")]
     Bind { addr: String, error: std::io::Error },
     #[error("{0}")]
@@ -62,8 +62,8 @@ pub async fn run(
                 error,
             })
     };
-    // The admin listener comes up first, so /readyz answers 503 while the journal
-    // recovers.
+    // The admin listener comes up first, so /readyz answers 503 while the store
+    // opens (the journal recovers, or NATS is reached).
     let admin_listener = bind(config.server.admin_listen).await?;
     let limits = Limits::from_config(&config.server);
     let admin = Arc::new(Admin {
@@ -76,7 +76,7 @@ pub async fn run(
             .map_err(AppError::Config)?,
         metrics,
         ready: ready.clone(),
-        journal: OnceLock::new(),
+        store: OnceLock::new(),
         delivery: OnceLock::new(),
     });
     let admin_stop = CancellationToken::new();
@@ -94,32 +94,17 @@ pub async fn run(
         ))
     };
 
-    let storage = config.storage.clone();
-    let store = tokio::task::spawn_blocking(move || {
-        RedbStore::open(&storage.dir, storage.verify_on_open, storage.cache_bytes)
-    })
-    .await
-    .expect("journal open does not panic")?;
-    // Unbounded: the dispatcher moves events on at once to the endpoint workers,
-    // which bound their own memory; a full channel would stall the journal writer.
-    let (accepted, accepted_rx) = crossbeam_channel::unbounded();
-    let (journal, pending, writer) = Journal::start(
-        Arc::new(store),
-        config.storage.dedup_window,
-        config.storage.max_batch,
-        config.storage.max_pending,
-        Some(accepted),
-    )?;
-    let delivery = Delivery::start(
-        &config.delivery,
-        journal.clone(),
-        projects.clone(),
-        &pending,
-        accepted_rx,
-    )
-    .map_err(AppError::Config)?;
-    drop(pending);
-    let _ = admin.journal.set(journal.clone());
+    let (store, feed) = store::open(&config.storage).await?;
+    let delivery = Delivery::start(&config.delivery, store.clone(), projects.clone(), feed)
+        .map_err(AppError::Config)?;
+    {
+        let delivery = delivery.clone();
+        store.serve_status(Arc::new(move || {
+            let delivery = delivery.clone();
+            Box::pin(async move { delivery.local_status().await })
+        }));
+    }
+    let _ = admin.store.set(store.clone());
     let _ = admin.delivery.set(delivery.clone());
 
     let listener = bind(config.server.listen).await?;
@@ -136,7 +121,7 @@ pub async fn run(
         config.server.signature_fallback,
     );
     // One Ingress per HTTP thread, each with its own merchant connections.
-    let first = Terminal::new(&config).map_err(AppError::Config)?;
+    let first = Terminal::new(&config, store.shared_answers()).map_err(AppError::Config)?;
     let mut terminals: Vec<_> = (1..http_threads).map(|_| first.with_own_pool()).collect();
     terminals.push(first);
     let handlers = terminals
@@ -145,7 +130,7 @@ pub async fn run(
             let ingress = Arc::new(Ingress {
                 projects: projects.clone(),
                 verifier: verifier.clone(),
-                journal: journal.clone(),
+                store: store.clone(),
                 terminal,
                 limits,
                 access_log: config.log.access,
@@ -174,24 +159,6 @@ pub async fn run(
             error,
         })?,
     );
-    let sweeper = {
-        let journal = journal.clone();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
-            loop {
-                tokio::select! {
-                    // A pass over every key (46 ms at 10 M): off the runtime's workers,
-                    // which run delivery.
-                    _ = tick.tick() => {
-                        let journal = journal.clone();
-                        let _ = tokio::task::spawn_blocking(move || journal.sweep()).await;
-                    }
-                    () = stop.cancelled() => break,
-                }
-            }
-        })
-    };
     let reloader = tokio::spawn(reload_on_sighup(
         config_path,
         projects.clone(),
@@ -205,15 +172,13 @@ pub async fn run(
     ready.store(false, Ordering::Release);
     stop_accepting.cancel();
     let _ = platform.await;
-    sweeper.abort();
     reloader.abort();
-    // Delivery outcomes are journal updates: stop delivery before the last commit.
+    // Delivery outcomes are settled in the store: stop delivery before closing it.
     let left = GRACE.saturating_sub(stopping.elapsed());
     delivery
         .shutdown(left.max(Duration::from_millis(500)))
         .await;
-    journal.close();
-    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    store.close().await;
     admin_stop.cancel();
     let _ = admin_server.await;
     tracing::info!("stopped");

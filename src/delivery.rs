@@ -4,21 +4,23 @@
 //!
 //! Design
 //! - One worker task per endpoint key (`worker.rs`). A dispatcher thread reads the
-//!   journal's accepted channel (events arrive after their commit) and hands each
-//!   event to the workers of its endpoints.
+//!   store's arrivals (events arrive once durable) and hands each event to the
+//!   workers of its endpoints.
 //! - Order: a worker keeps a FIFO lane per order key (`queue.rs`); only a lane's
 //!   head is attempted, so a retrying event holds back later events of its payment
 //!   and nothing else. A dead letter leaves its lane; a replayed one joins the back.
-//! - Durability: each delivery is a `deliveries` row from the event's own commit.
-//!   A 2xx queues `Done`, a failure `Retry` with the attempt log (`attempt::State`),
-//!   a round past `give_up_after` `Dead`. A crash loses at most the updates of the
-//!   last group commit: those deliveries are attempted again (at least once).
+//! - Durability: the store holds every delivery not yet done. A 2xx settles `Done`,
+//!   a failure `Retry` with the attempt log (`attempt::State`), a round past
+//!   `give_up_after` `Dead`. A crash loses at most the settlements not yet durable:
+//!   those deliveries are attempted again (at least once).
 //! - Memory: a worker holds at most `delivery.max_queued` deliveries. Past that,
 //!   arrivals stay in the store only, and the worker reads them back in seq order
-//!   (`Store::pending`) as its queue drains; start-up recovery is the same read.
+//!   (`Store::pending`) as its queue drains; start-up recovery, a replay and a
+//!   partition this node takes over are the same read (`Notice::Rescan`).
 //! - An endpoint removed by a reload keeps its deliveries pending in the store; they
 //!   wait (no attempt, no dead letter) until it is configured again.
-//! - Pause is in memory only: a restart resumes every endpoint.
+//! - Pause goes through the store (`Store::set_paused`): on the embedded engine it is
+//!   in memory and a restart resumes every endpoint; on JetStream every node follows it.
 
 mod attempt;
 mod queue;
@@ -30,7 +32,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -38,13 +39,14 @@ use tokio_util::sync::CancellationToken;
 pub use attempt::{Attempt, State, webhook_id};
 pub use retry::Policy;
 
-use crate::journal::{DeliveryUpdate, Event, Journal, JournalError, now_ms};
+use crate::clock::now_ms;
 use crate::projects::{Endpoint, Projects};
+use crate::store::{EndpointKey, EndpointStatus, Feed, Notice, Store, StoreError};
 use worker::{Cmd, Worker};
 
 /// What every worker shares.
 struct Shared {
-    journal: Journal,
+    store: Arc<dyn Store>,
     projects: Arc<ArcSwap<Projects>>,
     policy: Policy,
     breaker_failures: u32,
@@ -55,33 +57,16 @@ struct Shared {
 }
 
 impl Shared {
-    /// The endpoint `key` ("project/name") in the running config.
-    fn endpoint(&self, key: &str) -> Option<Arc<Endpoint>> {
-        let project: u64 = key.split_once('/')?.0.parse().ok()?;
+    /// The endpoint `key` in the running config.
+    fn endpoint(&self, key: &EndpointKey) -> Option<Arc<Endpoint>> {
         self.projects
             .load()
-            .get(project)?
+            .get(key.project())?
             .endpoints
             .iter()
-            .find(|e| e.key == key)
+            .find(|e| &e.key == key)
             .cloned()
     }
-}
-
-/// One endpoint's delivery state, for the admin API.
-#[derive(Debug, Clone, Serialize)]
-pub struct Status {
-    pub endpoint: String,
-    /// False once a reload removed it: its deliveries wait in the store.
-    pub configured: bool,
-    pub paused: bool,
-    pub circuit_open: bool,
-    /// Deliveries not yet done or dead, in memory and in the store.
-    pub pending: u64,
-    pub in_memory: usize,
-    pub in_flight: usize,
-    /// Part of the backlog is only in the store.
-    pub spilled: bool,
 }
 
 /// The delivery engine's handle.
@@ -93,33 +78,29 @@ pub struct Delivery {
 struct Inner {
     shared: Arc<Shared>,
     runtime: tokio::runtime::Handle,
-    workers: Mutex<HashMap<String, mpsc::UnboundedSender<Cmd>>>,
+    workers: Mutex<HashMap<EndpointKey, mpsc::UnboundedSender<Cmd>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Pending rows per endpoint at start, for workers not started yet.
-    recovered: Mutex<HashMap<String, u64>>,
+    recovered: Mutex<HashMap<EndpointKey, u64>>,
 }
 
 impl Delivery {
-    /// Starts a worker for every configured endpoint and every endpoint with
-    /// `pending` deliveries (as recovered by the journal), and the dispatcher of
-    /// `accepted`. Call within a tokio runtime.
+    /// Starts a worker for every configured endpoint and every endpoint with deliveries
+    /// pending in the store, the dispatcher of `feed.arrivals` and the reader of
+    /// `feed.notices`. Call within a tokio runtime.
     pub fn start(
         config: &crate::config::Delivery,
-        journal: Journal,
+        store: Arc<dyn Store>,
         projects: Arc<ArcSwap<Projects>>,
-        pending: &[(u64, String, Vec<u8>)],
-        accepted: crossbeam_channel::Receiver<Arc<Event>>,
+        feed: Feed,
     ) -> Result<Delivery, String> {
-        let mut recovered: HashMap<String, u64> = HashMap::new();
-        for (_, key, _) in pending {
-            *recovered.entry(key.clone()).or_default() += 1;
-        }
-        let mut keys: Vec<String> = recovered.keys().cloned().collect();
+        let recovered: HashMap<EndpointKey, u64> = feed.recovered.into_iter().collect();
+        let mut keys: Vec<EndpointKey> = recovered.keys().cloned().collect();
         for endpoint in projects.load().endpoints() {
             keys.push(endpoint.key.clone());
         }
         let shared = Arc::new(Shared {
-            journal,
+            store,
             projects,
             policy: Policy {
                 schedule: config.schedule.clone(),
@@ -148,22 +129,47 @@ impl Delivery {
             delivery.worker(&key);
         }
         let dispatcher = delivery.clone();
+        let arrivals = feed.arrivals;
         std::thread::Builder::new()
             .name("delivery-dispatch".into())
             .spawn(move || {
-                // Ends when the journal writer (the only sender) stops.
-                for event in accepted.iter() {
+                // Ends when the store (the only sender) stops.
+                for event in arrivals.iter() {
                     for key in &event.endpoints {
                         dispatcher.send(key, Cmd::Event(event.clone()));
                     }
                 }
             })
             .expect("the dispatcher thread starts");
+        let notified = delivery.clone();
+        let mut notices = feed.notices;
+        delivery.inner.runtime.spawn(async move {
+            while let Some(notice) = notices.recv().await {
+                notified.notice(notice);
+            }
+        });
         Ok(delivery)
     }
 
+    fn notice(&self, notice: Notice) {
+        match notice {
+            Notice::Rescan {
+                endpoint,
+                from,
+                added,
+            } => self.send(&endpoint, Cmd::Rescan { from, added }),
+            Notice::Pause { endpoint, paused } => self.send(&endpoint, Cmd::Pause(paused)),
+            Notice::Release { partitions } => {
+                let partitions: Arc<[u16]> = partitions.into();
+                for tx in self.senders() {
+                    let _ = tx.send(Cmd::Release(partitions.clone()));
+                }
+            }
+        }
+    }
+
     /// The command channel of `key`'s worker, started on first use.
-    fn worker(&self, key: &str) -> mpsc::UnboundedSender<Cmd> {
+    fn worker(&self, key: &EndpointKey) -> mpsc::UnboundedSender<Cmd> {
         let mut workers = self.inner.workers.lock().expect("workers lock");
         if let Some(tx) = workers.get(key) {
             return tx.clone();
@@ -176,14 +182,24 @@ impl Delivery {
             .expect("recovered lock")
             .remove(key)
             .unwrap_or(0);
-        let worker = Worker::new(key.to_string(), self.inner.shared.clone(), rx, pending);
+        let worker = Worker::new(key.clone(), self.inner.shared.clone(), rx, pending);
         let task = self.inner.runtime.spawn(worker.run());
         self.inner.tasks.lock().expect("tasks lock").push(task);
-        workers.insert(key.to_string(), tx.clone());
+        workers.insert(key.clone(), tx.clone());
         tx
     }
 
-    fn send(&self, key: &str, cmd: Cmd) {
+    fn senders(&self) -> Vec<mpsc::UnboundedSender<Cmd>> {
+        self.inner
+            .workers
+            .lock()
+            .expect("workers lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    fn send(&self, key: &EndpointKey, cmd: Cmd) {
         if self.inner.shared.stop.is_cancelled() {
             return;
         }
@@ -192,7 +208,7 @@ impl Delivery {
     }
 
     /// True when `key` is configured or still has a worker (it may hold deliveries).
-    pub fn knows(&self, key: &str) -> bool {
+    pub fn knows(&self, key: &EndpointKey) -> bool {
         self.inner.shared.endpoint(key).is_some()
             || self
                 .inner
@@ -202,27 +218,23 @@ impl Delivery {
                 .contains_key(key)
     }
 
-    /// Stops or resumes sending to `key`. False for an unknown endpoint.
-    pub fn pause(&self, key: &str, paused: bool) -> bool {
+    /// Stops or resumes sending to `key` on every node. False for an unknown endpoint.
+    pub async fn pause(&self, key: &EndpointKey, paused: bool) -> Result<bool, StoreError> {
         if !self.knows(key) {
-            return false;
+            return Ok(false);
         }
-        self.send(key, Cmd::Pause(paused));
-        true
+        self.inner
+            .shared
+            .store
+            .set_paused(key.clone(), paused)
+            .await?;
+        Ok(true)
     }
 
-    /// Every endpoint's state, ordered by key.
-    pub async fn status(&self) -> Vec<Status> {
-        let senders: Vec<_> = self
-            .inner
-            .workers
-            .lock()
-            .expect("workers lock")
-            .values()
-            .cloned()
-            .collect();
-        let mut out = Vec::with_capacity(senders.len());
-        for tx in senders {
+    /// This node's endpoint states, ordered by key.
+    pub async fn local_status(&self) -> Vec<EndpointStatus> {
+        let mut out = Vec::new();
+        for tx in self.senders() {
             let (reply, rx) = oneshot::channel();
             if tx.send(Cmd::Status(reply)).is_ok()
                 && let Ok(status) = rx.await
@@ -234,24 +246,25 @@ impl Delivery {
         out
     }
 
+    /// Every endpoint's state over all nodes, ordered by key.
+    pub async fn status(&self) -> Result<Vec<EndpointStatus>, StoreError> {
+        let local = self.local_status().await;
+        self.inner.shared.store.endpoint_status(local).await
+    }
+
     /// Moves dead letters of `key` back to pending with a new round: `seq` alone, or
     /// all of them. Returns how many; they are sent once durable again.
-    pub async fn replay(&self, key: &str, seq: Option<u64>) -> Result<usize, JournalError> {
-        let journal = self.inner.shared.journal.clone();
-        let endpoint = key.to_string();
-        let revived = tokio::task::spawn_blocking(move || revive(&journal, &endpoint, seq))
+    pub async fn replay(&self, key: &EndpointKey, seq: Option<u64>) -> Result<usize, StoreError> {
+        self.inner
+            .shared
+            .store
+            .replay(key.clone(), seq, renew)
             .await
-            .map_err(|e| JournalError::Storage(e.to_string()))??;
-        if let Some(from) = revived.first {
-            self.inner.shared.journal.flush().await?;
-            self.send(key, Cmd::Rescan { from });
-        }
-        Ok(revived.count)
     }
 
     /// Stops starting attempts, lets those in flight finish until `grace` runs out
-    /// (their outcomes are queued to the journal), then aborts the rest: those stay
-    /// pending. Call before closing the journal.
+    /// (their outcomes are settled in the store), then aborts the rest: those stay
+    /// pending. Call before closing the store.
     pub async fn shutdown(&self, grace: Duration) {
         self.inner.shared.stop.cancel();
         let tasks: Vec<_> = std::mem::take(&mut *self.inner.tasks.lock().expect("tasks lock"));
@@ -269,55 +282,14 @@ impl Delivery {
     }
 }
 
+/// A replayed dead letter's state: its attempt log kept, a new round from now.
+fn renew(raw: &[u8]) -> Vec<u8> {
+    let now = now_ms();
+    State::decode(raw, now).replayed(now).encode()
+}
+
 async fn futures_join(tasks: Vec<JoinHandle<()>>) {
     for t in tasks {
         let _ = t.await;
     }
-}
-
-struct Revived {
-    count: usize,
-    first: Option<u64>,
-}
-
-/// Queues `Revive` for the dead letters of `endpoint` (one, or all page by page).
-fn revive(journal: &Journal, endpoint: &str, seq: Option<u64>) -> Result<Revived, JournalError> {
-    let store = journal.store();
-    let now = now_ms();
-    let mut out = Revived {
-        count: 0,
-        first: None,
-    };
-    let mut one = |seq: u64, raw: &[u8]| -> Result<(), JournalError> {
-        let state = State::decode(raw, now).replayed(now);
-        journal.update(DeliveryUpdate::Revive {
-            seq,
-            endpoint: endpoint.to_string(),
-            state: state.encode(),
-        })?;
-        out.count += 1;
-        out.first = Some(out.first.map_or(seq, |f: u64| f.min(seq)));
-        Ok(())
-    };
-    match seq {
-        Some(seq) => {
-            if let Some((true, raw)) = store.delivery(seq, endpoint)? {
-                one(seq, &raw)?;
-            }
-        }
-        None => {
-            let mut after = None;
-            loop {
-                let page = store.dead_letters(Some(endpoint), after.clone(), 1000)?;
-                let Some((ep, last, _)) = page.last() else {
-                    break;
-                };
-                after = Some((ep.clone(), *last));
-                for (_, seq, raw) in &page {
-                    one(*seq, raw)?;
-                }
-            }
-        }
-    }
-    Ok(out)
 }

@@ -1,6 +1,6 @@
 //! The platform-facing listener: `POST /callbacks` and `POST /terminal`.
 //! A callback goes size limit → one parse → project → signature → dedup → durable
-//! journal → 200, its body one `Bytes` from the socket to the disk.
+//! store → 200, its body one `Bytes` from the socket to the disk.
 
 pub mod response;
 
@@ -13,9 +13,9 @@ use hyper::{Method, Request, Response};
 
 use crate::callback::Rejection;
 use crate::http::{self, Body, Limits};
-use crate::journal::Journal;
 use crate::metrics as m;
 use crate::projects::Projects;
+use crate::store::{Appended, Store};
 use crate::terminal::Terminal;
 use crate::verifier::Verifier;
 use response::Answer;
@@ -24,7 +24,7 @@ use response::Answer;
 pub struct Ingress {
     pub projects: Arc<ArcSwap<Projects>>,
     pub verifier: Verifier,
-    pub journal: Journal,
+    pub store: Arc<dyn Store>,
     pub terminal: Terminal,
     pub limits: Limits,
     /// Write one access line per request.
@@ -124,7 +124,7 @@ impl Ingress {
             metrics::counter!(m::SIGNATURE_FALLBACK_TOTAL, "order" => callback.matched.as_str())
                 .increment(1);
         }
-        if self.journal.is_durable_duplicate(callback.dedup) {
+        if self.store.known_duplicate(callback.dedup) {
             self.handles.dedup_hits.increment(1);
             return Answer::KnownDuplicate;
         }
@@ -138,22 +138,17 @@ impl Ingress {
                 )
                 .increment(1);
         }
-        let waiting = match self.journal.submit(callback) {
-            Ok(rx) => rx,
-            Err(e) => {
-                metrics::counter!(m::BACKPRESSURE_TOTAL).increment(1);
-                return Answer::from_submit(e);
-            }
-        };
-        match waiting.await {
-            Ok(Ok(outcome)) => {
-                if outcome == crate::journal::Outcome::Duplicate {
+        match self.store.append(callback).await {
+            Ok(outcome) => {
+                if outcome == Appended::Duplicate {
                     self.handles.dedup_hits.increment(1);
                 }
                 Answer::Stored(outcome)
             }
-            Ok(Err(e)) => Answer::from_submit(e),
-            Err(_) => Answer::Unavailable("journal stopped"),
+            Err(e) => {
+                metrics::counter!(m::BACKPRESSURE_TOTAL).increment(1);
+                Answer::from_store(e)
+            }
         }
     }
 }

@@ -6,7 +6,10 @@
 //! - `http`: listeners with limits (https when configured), platform requests on one
 //!   current-thread runtime per HTTP thread; `ingress`: `/callbacks`, `/terminal`; `admin`.
 //! - `verifier`: where signature checks run; `callback`: the verified callback.
-//! - `dedup`, `journal`: durable keys and the group-committed redb journal.
+//! - `store`: the storage interface (intake: append → accepted | duplicate;
+//!   deliveries: due, settle, dead letters, replay) and its engines: `store::embedded`
+//!   (one node, a group-committed redb journal) and `store::jetstream` (several nodes
+//!   on a NATS JetStream cluster); `dedup`: the set of durable keys; `clock`.
 //! - `terminal`: verify/check_deposit under a budget; `webhook`: outbound signatures;
 //!   `outbound`: the HTTP(S) client terminal and delivery use to reach merchants.
 //! - `delivery`: fan-out to merchant endpoints, retries, breaker, dead letters.
@@ -15,23 +18,25 @@
 //!
 //! Life of a callback: `http` reads the body into one `Bytes` → `verifier` runs
 //! `callback::verify` (parse once, project, signature, dedup key, routes) →
-//! `dedup` hit answers 200 at once → else `journal` group-commits it with fdatasync
-//! → 200 → delivery to every matching endpoint.
+//! a known duplicate answers 200 at once → else `store` makes it durable (a redb group
+//! commit with fdatasync, or a JetStream publish ack) → 200 → delivery to every
+//! matching endpoint.
 pub mod admin;
 pub mod app;
 pub mod callback;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod dedup;
 pub mod delivery;
 pub mod http;
 pub mod ingress;
-pub mod journal;
 pub mod metrics;
 pub mod outbound;
 pub mod projects;
 pub mod signature;
 pub mod simulate;
+pub mod store;
 pub mod telemetry;
 pub mod terminal;
 pub mod verifier;

@@ -31,6 +31,7 @@ pub const TERMINAL_BUDGET_MISSES_TOTAL: &str = "cbgate_terminal_budget_misses_to
 pub const TERMINAL_IDEMPOTENCY_EVICTIONS_TOTAL: &str =
     "cbgate_terminal_idempotency_evictions_total";
 pub const TERMINAL_MERCHANT_ERRORS_TOTAL: &str = "cbgate_terminal_merchant_errors_total";
+pub const TERMINAL_IDEMPOTENCY_FALLBACK_TOTAL: &str = "cbgate_terminal_idempotency_fallback_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "cbgate_config_reloads_total";
 pub const WORKER_THREADS: &str = "cbgate_worker_threads";
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::config::{Config, Endpoint as EndpointConfig, Project as ProjectConfig};
 use crate::signature::Secrets;
+use crate::store::EndpointKey;
 use crate::webhook;
 
 /// One project as requests see it.
@@ -27,8 +28,7 @@ pub struct Project {
 /// A merchant endpoint that receives a project's events.
 #[derive(Debug)]
 pub struct Endpoint {
-    /// `"{project}/{name}"`: unique across the gateway, the key of its durable state.
-    pub key: String,
+    pub key: EndpointKey,
     pub name: String,
     pub url: hyper::Uri,
     pub signing_key: webhook::Key,
@@ -71,7 +71,7 @@ impl Endpoint {
     ) -> Result<Self, String> {
         let secret = e.secret.resolve()?;
         Ok(Self {
-            key: format!("{project}/{}", e.name),
+            key: EndpointKey::new(project, &e.name),
             name: e.name.clone(),
             url: crate::config::check_url(&e.url)?,
             signing_key: webhook::Key::parse(&secret)

@@ -20,6 +20,7 @@ use crate::metrics as m;
 use crate::outbound::{self, pool::Failure, pool::Pool};
 use crate::projects::{Project, Projects};
 use crate::signature::{self, Canonicalizer};
+use crate::store::SharedAnswers;
 use crate::verifier::with_canonicalizer;
 use dialect::Dialect;
 use recent::Recent;
@@ -76,6 +77,16 @@ struct Answer {
 }
 
 impl Answer {
+    /// An answer kept earlier (valid when kept): its code read back from it.
+    fn kept(body: Bytes) -> Answer {
+        #[derive(Deserialize)]
+        struct Code {
+            code: u16,
+        }
+        let code = serde_json::from_slice::<Code>(&body).map_or(500, |c| c.code);
+        Answer { code, body }
+    }
+
     fn new(value: Value) -> Answer {
         let code = value.get("code").and_then(Value::as_u64).unwrap_or(500) as u16;
         Answer {
@@ -95,6 +106,9 @@ pub struct Terminal {
     /// platform retry of the same request gets the same payment id; concurrent
     /// duplicates wait for the first.
     recent: Arc<Recent<Answer>>,
+    /// The same answers shared with the other nodes (JetStream engine), so a kiosk's
+    /// retry that lands on another node gets the first answer too.
+    shared: Option<Arc<dyn SharedAnswers>>,
     fallback: bool,
     /// Latency and answers by (project, type[, code]); `None` is an unknown project.
     durations: m::Handles<(Option<u64>, Kind), metrics::Histogram>,
@@ -102,7 +116,10 @@ pub struct Terminal {
 }
 
 impl Terminal {
-    pub fn new(config: &crate::config::Config) -> Result<Self, String> {
+    pub fn new(
+        config: &crate::config::Config,
+        shared: Option<Arc<dyn SharedAnswers>>,
+    ) -> Result<Self, String> {
         let t = &config.terminal;
         let connector = outbound::connector(t.connect_timeout, t.ca_file.as_deref())
             .map_err(|e| format!("terminal.ca_file: {e}"))?;
@@ -110,6 +127,7 @@ impl Terminal {
         Ok(Self::with_pool(
             connector,
             Arc::new(recent),
+            shared,
             config.server.signature_fallback,
         ))
     }
@@ -117,18 +135,25 @@ impl Terminal {
     /// The same remembered answers with a connection pool of its own, for another
     /// HTTP thread.
     pub fn with_own_pool(&self) -> Self {
-        Self::with_pool(self.connector.clone(), self.recent.clone(), self.fallback)
+        Self::with_pool(
+            self.connector.clone(),
+            self.recent.clone(),
+            self.shared.clone(),
+            self.fallback,
+        )
     }
 
     fn with_pool(
         connector: outbound::Connector,
         recent: Arc<Recent<Answer>>,
+        shared: Option<Arc<dyn SharedAnswers>>,
         fallback: bool,
     ) -> Self {
         Terminal {
             pool: Pool::new(connector.clone()),
             connector,
             recent,
+            shared,
             fallback,
             durations: Default::default(),
             answers: Default::default(),
@@ -291,7 +316,15 @@ impl Terminal {
         let mut fresh = None;
         let cached = cell
             .get_or_init(|| async {
+                // Another node may have answered this very request already.
+                if let Some(answer) = self.shared_get(key, c).await {
+                    return Some(answer);
+                }
                 let (answer, definitive) = self.ask(body, c).await;
+                let answer = match definitive {
+                    true => self.shared_put(key, answer, c).await,
+                    false => answer,
+                };
                 let kept = definitive.then(|| answer.clone());
                 fresh = Some(answer);
                 kept
@@ -309,6 +342,32 @@ impl Terminal {
             (None, Some(answer)) => answer,
             // The first request's answer was not definitive: ask ourselves.
             (None, None) => self.forward(body, c).await,
+        }
+    }
+
+    /// The answer another node kept for `key`; `None` when there is none, or the shared
+    /// store does not answer in time (then this node alone remembers: counted).
+    async fn shared_get(&self, key: [u8; 32], c: &Checked) -> Option<Answer> {
+        let shared = self.shared.as_ref()?;
+        match tokio::time::timeout(shared_timeout(c), shared.get(key)).await {
+            Ok(Ok(found)) => found.map(Answer::kept),
+            Ok(Err(e)) => shared_fallback("get", &e.to_string()),
+            Err(_) => shared_fallback("get", "timed out"),
+        }
+    }
+
+    /// Keeps `answer` for every node; if another node kept one first, that one is the
+    /// answer, so every retry of the request gets the same payment id.
+    async fn shared_put(&self, key: [u8; 32], answer: Answer, c: &Checked) -> Answer {
+        let Some(shared) = self.shared.as_ref() else {
+            return answer;
+        };
+        let put = shared.put(key, answer.body.clone());
+        match tokio::time::timeout(shared_timeout(c), put).await {
+            Ok(Ok(kept)) if kept == answer.body => answer,
+            Ok(Ok(kept)) => Answer::kept(kept),
+            Ok(Err(e)) => shared_fallback("put", &e.to_string()).unwrap_or(answer),
+            Err(_) => shared_fallback("put", "timed out").unwrap_or(answer),
         }
     }
 
@@ -366,6 +425,23 @@ impl Terminal {
             }
         }
     }
+}
+
+/// How long a shared-answer lookup may take: a small part of the budget, the kiosk
+/// waits meanwhile.
+fn shared_timeout(c: &Checked) -> Duration {
+    (c.project.terminal_budget / 8).min(Duration::from_millis(250))
+}
+
+/// The shared answers could not be used: this node's own memory stands in, counted.
+fn shared_fallback<T>(op: &'static str, error: &str) -> Option<T> {
+    metrics::counter!(m::TERMINAL_IDEMPOTENCY_FALLBACK_TOTAL, "op" => op).increment(1);
+    tracing::warn!(
+        op,
+        error,
+        "shared check_deposit answers unavailable; this node's own memory answers"
+    );
+    None
 }
 
 /// The fields of a merchant answer that the protocol checks; the rest passes through.

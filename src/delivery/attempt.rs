@@ -8,16 +8,17 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Request, header};
 use serde::{Deserialize, Serialize};
 
-use crate::journal::{Event, now_ms};
+use crate::clock::now_ms;
 use crate::outbound::pool::{Failure, Pool};
 use crate::projects::Endpoint;
+use crate::store::Event;
 
 /// Attempts kept in a delivery's log; older ones are counted, not kept.
 const KEPT_ATTEMPTS: usize = 50;
 /// Bytes of a refusing answer's body kept as the attempt's error.
 const KEPT_BODY: usize = 200;
 
-/// A delivery's state as the journal stores it (`deliveries` and `dead` values):
+/// A delivery's state as the store keeps it (pending and dead deliveries):
 /// `{"since_ms":…,"next_ms":…,"tries":…,"rounds":…,"dropped":…,"attempts":[…]}`.
 /// Empty bytes mean no attempt yet.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]

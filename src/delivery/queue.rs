@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::attempt::State;
-use crate::journal::Event;
+use crate::store::Event;
 
 /// A pending delivery held in memory.
 #[derive(Debug)]
@@ -106,13 +106,30 @@ impl Queue {
         self.timers.insert((due, seq));
     }
 
-    pub fn state(&self, seq: u64) -> Option<&State> {
+    /// The head `seq` of its lane.
+    pub fn job(&self, seq: u64) -> Option<&Job> {
         let key = self.index.get(&seq)?;
-        self.lanes
-            .get(key)?
-            .front()
-            .filter(|j| j.event.seq == seq)
-            .map(|j| &j.state)
+        self.lanes.get(key)?.front().filter(|j| j.event.seq == seq)
+    }
+
+    /// Drops every lane of these partitions (a lane is one order key, so one
+    /// partition); returns how many jobs went.
+    pub fn drop_partitions(&mut self, partitions: &[u16]) -> usize {
+        let mut dropped = 0;
+        self.lanes.retain(|_, lane| {
+            let gone = lane
+                .front()
+                .is_some_and(|j| partitions.contains(&j.event.partition));
+            if gone {
+                for job in lane.iter() {
+                    self.index.remove(&job.event.seq);
+                    self.timers.remove(&(job.due, job.event.seq));
+                }
+                dropped += lane.len();
+            }
+            !gone
+        });
+        dropped
     }
 
     /// Acceptance time of the oldest event in memory (lane heads are the oldest of
@@ -141,7 +158,8 @@ mod tests {
                 project: 1,
                 dedup: DedupKey(seq as u128),
                 order_key: key.into(),
-                endpoints: vec!["1/a".into()],
+                partition: 0,
+                endpoints: vec![crate::store::EndpointKey::new(1, "a")],
                 body: Bytes::new(),
             }),
             state: State::default(),

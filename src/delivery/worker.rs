@@ -1,5 +1,5 @@
 //! The engine for one endpoint: a task that owns the endpoint's queue, breaker and
-//! attempts in flight, records every outcome in the journal, and refills its queue
+//! attempts in flight, settles every outcome in the store, and refills its queue
 //! from the store when the backlog is larger than memory allows.
 
 use std::collections::HashMap;
@@ -10,28 +10,33 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::{Id, JoinSet};
 use tokio::time::Instant;
 
+use super::Shared;
 use super::attempt::{self, Attempt, Class, State};
 use super::queue::{Job, Queue};
 use super::retry::{Admit, Breaker, Next};
-use super::{Shared, Status};
-use crate::journal::{DeliveryUpdate, Event, JournalError, now_ms};
+use crate::clock::now_ms;
 use crate::metrics as m;
 use crate::projects::Endpoint;
+use crate::store::{EndpointKey, EndpointStatus, Event, Settle, StoreError};
 
 /// What the engine tells a worker.
 pub(super) enum Cmd {
     /// A newly accepted event routed to this endpoint (already durable).
     Event(Arc<Event>),
-    /// Dead letters from `from` on were revived (durably): read them from the store.
+    /// Deliveries from `from` on wait in the store (revived dead letters, a partition
+    /// taken over): read them from there; `added` were not counted yet.
     Rescan {
         from: u64,
+        added: u64,
     },
+    /// This node no longer delivers these partitions: forget their deliveries.
+    Release(Arc<[u16]>),
     Pause(bool),
-    Status(oneshot::Sender<Status>),
+    Status(oneshot::Sender<EndpointStatus>),
 }
 
 pub(super) struct Worker {
-    key: String,
+    key: EndpointKey,
     shared: Arc<Shared>,
     rx: mpsc::UnboundedReceiver<Cmd>,
     queue: Queue,
@@ -54,7 +59,7 @@ pub(super) struct Worker {
 impl Worker {
     /// A worker whose endpoint has `pending` deliveries in the store already.
     pub(super) fn new(
-        key: String,
+        key: EndpointKey,
         shared: Arc<Shared>,
         rx: mpsc::UnboundedReceiver<Cmd>,
         pending: u64,
@@ -122,20 +127,20 @@ impl Worker {
     }
 
     /// Reads the next page of this endpoint's pending deliveries from the store.
-    async fn refill(&mut self) -> Result<(), JournalError> {
-        // Our own Done/Dead updates must be durable first, or the read could bring
+    async fn refill(&mut self) -> Result<(), StoreError> {
+        // Our own Done/Dead settlements must be durable first, or the read could bring
         // back a delivery that was just delivered.
-        self.shared.journal.flush().await?;
+        self.shared.store.flush().await?;
         let room = self
             .shared
             .max_queued
             .saturating_sub(self.queue.len())
             .max(1);
-        let store = self.shared.journal.store().clone();
-        let (key, from) = (self.key.clone(), self.cursor);
-        let page = tokio::task::spawn_blocking(move || store.pending(&key, from, room))
-            .await
-            .map_err(|e| JournalError::Storage(e.to_string()))??;
+        let page = self
+            .shared
+            .store
+            .pending(self.key.clone(), self.cursor, room)
+            .await?;
         for (event, raw) in page.rows {
             self.cursor = event.seq + 1;
             if self.queue.contains(event.seq) {
@@ -151,7 +156,7 @@ impl Worker {
         }
         if page.complete {
             self.spilled = false;
-            self.floor = self.floor.max(page.next_seq.saturating_sub(1));
+            self.floor = self.floor.max(page.floor.saturating_sub(1));
         }
         self.refill_after = None;
         Ok(())
@@ -160,13 +165,18 @@ impl Worker {
     fn command(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::Event(event) => self.arrive(event),
-            Cmd::Rescan { from } => {
+            Cmd::Rescan { from, added } => {
                 self.cursor = if self.spilled {
                     self.cursor.min(from)
                 } else {
                     from
                 };
                 self.spilled = true;
+                self.depth += added;
+            }
+            Cmd::Release(partitions) => {
+                let dropped = self.queue.drop_partitions(&partitions);
+                self.depth = self.depth.saturating_sub(dropped as u64);
             }
             Cmd::Pause(paused) => {
                 self.paused = paused;
@@ -237,9 +247,10 @@ impl Worker {
     /// The circuit is open: the head waits for the probe, or is a dead letter if
     /// its round is over (no request is made for it).
     fn hold(&mut self, seq: u64, until: Instant) {
-        let Some(mut state) = self.queue.state(seq).cloned() else {
+        let Some(job) = self.queue.job(seq) else {
             return;
         };
+        let (event, mut state) = (job.event.clone(), job.state.clone());
         let now = now_ms();
         if self.shared.policy.expired(state.since_ms, now) {
             state.record(Attempt {
@@ -249,7 +260,7 @@ impl Worker {
                 class: Class::CircuitOpen.as_str().into(),
                 error: Some("circuit open: the endpoint kept failing".into()),
             });
-            self.dead(seq, state);
+            self.dead(&event, state);
         } else {
             self.queue.reschedule(seq, until, None);
         }
@@ -278,24 +289,24 @@ impl Worker {
         };
         let ok = attempt.succeeded();
         self.breaker.record(ok, Instant::now());
-        let key = self.key.clone();
+        let key = self.key.to_string();
         metrics::counter!(m::DELIVERY_ATTEMPTS_TOTAL, "endpoint" => key.clone(), "result" => if ok { "success" } else { "failure" }).increment(1);
         metrics::histogram!(m::DELIVERY_SECONDS, "endpoint" => key.clone())
             .record(attempt.ms as f64 / 1000.0);
         if !ok {
             metrics::counter!(m::DELIVERY_FAILURES_TOTAL, "endpoint" => key, "class" => attempt.class.clone()).increment(1);
         }
-        let Some(mut state) = self.queue.state(seq).cloned() else {
+        // Gone from the queue: its partition was released while the attempt ran, and
+        // the node that took it over owns the outcome.
+        let Some(job) = self.queue.job(seq) else {
             return;
         };
+        let (event, mut state) = (job.event.clone(), job.state.clone());
         state.record(attempt);
         if ok {
             self.queue.finish(seq);
             self.depth = self.depth.saturating_sub(1);
-            self.update(DeliveryUpdate::Done {
-                seq,
-                endpoint: self.key.clone(),
-            });
+            self.settle(&event, Settle::Done);
             return;
         }
         let now = now_ms();
@@ -306,40 +317,33 @@ impl Worker {
         match next {
             Next::RetryIn(delay) => {
                 state.next_ms = now + delay.as_millis() as u64;
-                self.update(DeliveryUpdate::Retry {
-                    seq,
-                    endpoint: self.key.clone(),
-                    state: state.encode(),
-                });
+                self.settle(&event, Settle::Retry(state.encode()));
                 self.queue
                     .reschedule(seq, Instant::now() + delay, Some(state));
             }
-            Next::GiveUp => self.dead(seq, state),
+            Next::GiveUp => self.dead(&event, state),
         }
     }
 
-    fn dead(&mut self, seq: u64, state: State) {
+    fn dead(&mut self, event: &Arc<Event>, state: State) {
+        let seq = event.seq;
         tracing::warn!(endpoint = %self.key, seq, attempts = state.tries, "delivery gave up; kept as a dead letter");
-        metrics::counter!(m::DELIVERY_DEAD_TOTAL, "endpoint" => self.key.clone()).increment(1);
+        metrics::counter!(m::DELIVERY_DEAD_TOTAL, "endpoint" => self.key.to_string()).increment(1);
         self.queue.finish(seq);
         self.depth = self.depth.saturating_sub(1);
-        self.update(DeliveryUpdate::Dead {
-            seq,
-            endpoint: self.key.clone(),
-            state: state.encode(),
-        });
+        self.settle(event, Settle::Dead(state.encode()));
     }
 
-    fn update(&self, update: DeliveryUpdate) {
-        // Only fails once the journal closed (shutdown): the row keeps its last
-        // durable state and is retried after the restart.
-        if let Err(e) = self.shared.journal.update(update) {
-            tracing::warn!(endpoint = %self.key, error = %e, "delivery update not recorded");
+    fn settle(&self, event: &Arc<Event>, outcome: Settle) {
+        // Fails only once the store closed (shutdown) or lost its connection: the
+        // delivery keeps its last durable state and is attempted again later.
+        if let Err(e) = self.shared.store.settle(event, &self.key, outcome) {
+            tracing::warn!(endpoint = %self.key, seq = event.seq, error = %e, "delivery outcome not recorded");
         }
     }
 
     fn report(&self) {
-        let key = self.key.clone();
+        let key = self.key.to_string();
         metrics::gauge!(m::DELIVERY_QUEUE_DEPTH, "endpoint" => key.clone()).set(self.depth as f64);
         let oldest = self
             .queue
@@ -351,8 +355,8 @@ impl Worker {
             .set(if self.breaker.is_open() { 1.0 } else { 0.0 });
     }
 
-    fn status(&self) -> Status {
-        Status {
+    fn status(&self) -> EndpointStatus {
+        EndpointStatus {
             endpoint: self.key.clone(),
             configured: self.shared.endpoint(&self.key).is_some(),
             paused: self.paused,

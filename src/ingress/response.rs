@@ -6,14 +6,14 @@ use hyper::{Response, StatusCode, header};
 
 use crate::callback::Rejection;
 use crate::http::{Body, BodyError, json};
-use crate::journal::{Outcome, SubmitError};
 use crate::signature::VerifyError;
+use crate::store::{Appended, StoreError};
 
 /// How a callback request ended; `as_str` is the metric and log label.
 #[derive(Debug)]
 pub enum Answer {
-    Stored(Outcome),
-    /// A duplicate of a durable callback, answered without the journal.
+    Stored(Appended),
+    /// A duplicate of a durable callback, answered without asking the store.
     KnownDuplicate,
     Rejected(Rejection),
     Body(BodyError),
@@ -25,8 +25,8 @@ pub enum Answer {
 impl Answer {
     pub fn as_str(&self) -> &'static str {
         match self {
-            Answer::Stored(Outcome::Accepted(_)) => "accepted",
-            Answer::Stored(Outcome::Duplicate) | Answer::KnownDuplicate => "duplicate",
+            Answer::Stored(Appended::Accepted(_)) => "accepted",
+            Answer::Stored(Appended::Duplicate) | Answer::KnownDuplicate => "duplicate",
             Answer::Rejected(Rejection::Parse(_)) => "malformed",
             Answer::Rejected(Rejection::MissingField(_)) => "missing_field",
             Answer::Rejected(Rejection::UnknownProject(_)) => "unknown_project",
@@ -44,11 +44,16 @@ impl Answer {
         }
     }
 
-    pub fn from_submit(e: SubmitError) -> Answer {
-        match e {
-            SubmitError::Busy => Answer::Unavailable("journal queue is full"),
-            SubmitError::Journal(_) => Answer::Unavailable("journal cannot take writes"),
-        }
+    /// The store could not make a callback durable: 503, the platform retries. The
+    /// reason names the kind of trouble, never its details.
+    pub fn from_store(e: StoreError) -> Answer {
+        Answer::Unavailable(match e {
+            StoreError::Busy => "journal queue is full",
+            StoreError::Closed => "shutting down",
+            StoreError::Unavailable(_) | StoreError::Malformed(_) | StoreError::Refused(_) => {
+                "journal cannot take writes"
+            }
+        })
     }
 
     pub fn into_response(self) -> Response<Body> {
@@ -59,10 +64,10 @@ impl Answer {
             )
         };
         match self {
-            Answer::Stored(Outcome::Accepted(_)) => {
+            Answer::Stored(Appended::Accepted(_)) => {
                 json(StatusCode::OK, r#"{"status":"accepted"}"#)
             }
-            Answer::Stored(Outcome::Duplicate) | Answer::KnownDuplicate => {
+            Answer::Stored(Appended::Duplicate) | Answer::KnownDuplicate => {
                 json(StatusCode::OK, r#"{"status":"duplicate"}"#)
             }
             Answer::Rejected(r @ Rejection::UnknownProject(_)) => {

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cbgate::journal::Event;
+use cbgate::store::Event;
 
 use crate::support::{Conn, Gateway, seed_callbacks, signed_for};
 
@@ -40,7 +40,7 @@ fn journal_events(dir: &Path) -> Vec<Event> {
         .unwrap()
         .map(|r| {
             let (k, v) = r.unwrap();
-            Event::decode(k.value(), v.value()).unwrap()
+            cbgate::store::embedded::record::decode(k.value(), v.value()).unwrap()
         })
         .collect()
 }

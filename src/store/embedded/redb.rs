@@ -1,0 +1,596 @@
+//! The journal's redb file: tables, one group commit, recovery and the reads delivery
+//! and admin make.
+//!
+//! On disk (`{storage.dir}/cbgate.redb`, redb 4, one-phase commits: one fdatasync
+//! each). Quick-repair is off: it doubles the fsyncs (two-phase commit) to make
+//! recovery skip a full scan, but start-up verifies the whole file anyway
+//! (`storage.verify_on_open`), so it would buy nothing (BENCHMARKS.md):
+//! - `meta`: `"next_seq" -> u64`.
+//! - `events`: `seq -> record` (`record.rs`), kept while a delivery of it is pending or
+//!   dead; one that no endpoint wanted goes when its dedup key expires.
+//! - `dedup_by_seq`: `(expires_s, seq) -> key`: ordered by expiry so a sweep deletes
+//!   from the front (at most `SWEEP_CHUNK` keys per commit), and by seq within it so a
+//!   commit appends at the tree's right edge
+//!   (keyed by the digest, 64 inserts dirtied up to 64 random leaves: 2x slower).
+//! - `deliveries`: `(seq, endpoint key) -> state` for every delivery not yet done.
+//! - `dead`: `(endpoint key, seq) -> state` for deliveries that ran out of attempts.
+//!
+//! Plus `commit.mark`: the last committed `next_seq`, rewritten (not synced) after every
+//! commit. If redb ever opens behind it (a damaged file repaired to an older commit),
+//! start-up refuses instead of serving with silent loss.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::record;
+use crate::dedup::DedupKey;
+use crate::store::{EndpointKey, Event, StoreError};
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+const DEDUP: TableDefinition<(u32, u64), u128> = TableDefinition::new("dedup_by_seq");
+const DELIVERIES: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("deliveries");
+const DEAD: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("dead");
+
+macro_rules! storage_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Unavailable(format!("journal: {e}"))
+            }
+        }
+    )*};
+}
+storage_err!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError,
+    std::io::Error
+);
+
+/// A change to one delivery, made durable with the next group commit.
+#[derive(Debug, Clone)]
+pub enum Update {
+    /// The endpoint took it: forget the delivery (and the event once none is left).
+    Done { seq: u64, endpoint: EndpointKey },
+    /// Still trying: keep the attempt log.
+    Retry {
+        seq: u64,
+        endpoint: EndpointKey,
+        state: Vec<u8>,
+    },
+    /// Out of attempts: move to the dead letters.
+    Dead {
+        seq: u64,
+        endpoint: EndpointKey,
+        state: Vec<u8>,
+    },
+    /// Replay a dead letter: back to pending with a fresh state.
+    Revive {
+        seq: u64,
+        endpoint: EndpointKey,
+        state: Vec<u8>,
+    },
+}
+
+/// What one commit writes.
+#[derive(Default)]
+pub struct Group {
+    /// New events, each with the expiry of its dedup key (seconds).
+    pub events: Vec<(Event, u32)>,
+    pub updates: Vec<Update>,
+    pub sweep_before: Option<u32>,
+    pub next_seq: u64,
+}
+
+/// State found at start-up.
+pub struct Recovery {
+    pub next_seq: u64,
+    pub dedup: Vec<(DedupKey, u32)>,
+    /// `(seq, endpoint)` of every pending delivery, in seq order.
+    pub pending: Vec<(u64, EndpointKey)>,
+}
+
+/// One redb file.
+pub struct Journal {
+    db: Database,
+    path: PathBuf,
+    mark: File,
+    /// A sweep left unfinished: the keys expiring before it still to drop.
+    sweeping: std::sync::Mutex<Option<u32>>,
+}
+
+/// Expired dedup keys (and the events they kept) dropped per commit at most: a
+/// minute's keys at once (240 k at 4 k/s) held the writer for half a second.
+pub const SWEEP_CHUNK: usize = 256;
+
+impl Journal {
+    /// Opens (or creates) the journal in `dir`, verifying the whole file when
+    /// `verify` is set: a damaged file is refused, never half-trusted. redb caches
+    /// pages and buffers writes in at most `cache_bytes` of memory.
+    pub fn open(dir: &Path, verify: bool, cache_bytes: usize) -> Result<Journal, StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("cbgate.redb");
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .set_check_integrity_on_open(verify && path.exists())
+            .create(&path)
+            .map_err(|e| StoreError::Refused(format!("cannot open {}: {e}", path.display())))?;
+        let mark = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join("commit.mark"))?;
+        let journal = Journal {
+            db,
+            path,
+            mark,
+            sweeping: std::sync::Mutex::new(None),
+        };
+        journal.init()?;
+        let found = journal.next_seq()?;
+        if let Some(marked) = journal.read_mark()?
+            && found < marked
+        {
+            return Err(StoreError::Refused(format!(
+                "journal {} is damaged: it holds commits up to #{found} but #{marked} was \
+                 acknowledged; restore it from a backup (the damaged file is left untouched)",
+                journal.path.display()
+            )));
+        }
+        Ok(journal)
+    }
+
+    fn init(&self) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        tx.set_quick_repair(false);
+        {
+            let mut meta = tx.open_table(META)?;
+            if meta.get("next_seq")?.is_none() {
+                meta.insert("next_seq", 1)?;
+            }
+            tx.open_table(EVENTS)?;
+            tx.open_table(DEDUP)?;
+            tx.open_table(DELIVERIES)?;
+            tx.open_table(DEAD)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn next_seq(&self) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read()?;
+        Ok(tx
+            .open_table(META)?
+            .get("next_seq")?
+            .map(|v| v.value())
+            .unwrap_or(1))
+    }
+
+    /// The mark is `seq` twice (the second inverted): a torn mark reads as none.
+    fn read_mark(&self) -> Result<Option<u64>, StoreError> {
+        let mut b = [0u8; 16];
+        match self.mark.read_exact_at(&mut b, 0) {
+            Ok(()) => {
+                let seq = u64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
+                let check = u64::from_le_bytes(b[8..].try_into().expect("8 bytes"));
+                Ok((seq == !check).then_some(seq))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn write_mark(&self, seq: u64) -> Result<(), StoreError> {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&seq.to_le_bytes());
+        b[8..].copy_from_slice(&(!seq).to_le_bytes());
+        self.mark.write_all_at(&b, 0)?;
+        Ok(())
+    }
+
+    /// Writes one group atomically and durably.
+    pub fn commit(&self, group: &Group) -> Result<(), StoreError> {
+        // A newer sweep covers an unfinished one: `before` only grows.
+        let mut sweeping = self.sweeping.lock().expect("sweep lock");
+        let before = group.sweep_before.or(*sweeping);
+        let mut unfinished = None;
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        tx.set_quick_repair(false);
+        {
+            let mut events = tx.open_table(EVENTS)?;
+            let mut dedup = tx.open_table(DEDUP)?;
+            let mut deliveries = tx.open_table(DELIVERIES)?;
+            let mut dead = tx.open_table(DEAD)?;
+            for (event, expires) in &group.events {
+                events.insert(event.seq, record::encode(event).as_slice())?;
+                dedup.insert((*expires, event.seq), event.dedup.0)?;
+                for endpoint in &event.endpoints {
+                    deliveries.insert((event.seq, endpoint.as_str()), [].as_slice())?;
+                }
+            }
+            // Events that may have lost their last reason to stay.
+            let mut released = Vec::new();
+            for update in &group.updates {
+                match update {
+                    Update::Done { seq, endpoint } => {
+                        deliveries.remove((*seq, endpoint.as_str()))?;
+                        released.push(*seq);
+                    }
+                    Update::Retry {
+                        seq,
+                        endpoint,
+                        state,
+                    } => {
+                        deliveries.insert((*seq, endpoint.as_str()), state.as_slice())?;
+                    }
+                    Update::Dead {
+                        seq,
+                        endpoint,
+                        state,
+                    } => {
+                        deliveries.remove((*seq, endpoint.as_str()))?;
+                        dead.insert((endpoint.as_str(), *seq), state.as_slice())?;
+                    }
+                    Update::Revive {
+                        seq,
+                        endpoint,
+                        state,
+                    } => {
+                        dead.remove((endpoint.as_str(), *seq))?;
+                        deliveries.insert((*seq, endpoint.as_str()), state.as_slice())?;
+                    }
+                }
+            }
+            if let Some(before) = before {
+                // An unrouted event (or one every endpoint took while its key lived) is
+                // kept only for its dedup key: it goes with the key.
+                let expired = dedup
+                    .range((0, 0)..(before, 0))?
+                    .take(SWEEP_CHUNK)
+                    .map(|row| row.map(|(k, _)| k.value()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                for key in &expired {
+                    dedup.remove(key)?;
+                    released.push(key.1);
+                }
+                if expired.len() == SWEEP_CHUNK {
+                    unfinished = Some(before);
+                }
+            }
+            // An event goes once no delivery of it is pending and none is dead. Dead
+            // letters are keyed by endpoint first, so each of the event's endpoints is
+            // looked up (a scan of them all cost 5.6 ms per commit beside 100 k).
+            for seq in released {
+                if deliveries.range((seq, "")..(seq + 1, ""))?.next().is_some() {
+                    continue;
+                }
+                let endpoints = match events.get(seq)? {
+                    Some(raw) => record::decode_head(seq, raw.value())?.endpoints,
+                    None => continue,
+                };
+                let mut dead_any = false;
+                for endpoint in &endpoints {
+                    dead_any |= dead.get((endpoint.as_str(), seq))?.is_some();
+                }
+                if !dead_any {
+                    events.remove(seq)?;
+                }
+            }
+            tx.open_table(META)?.insert("next_seq", group.next_seq)?;
+        }
+        tx.commit()?;
+        *sweeping = unfinished;
+        self.write_mark(group.next_seq)?;
+        Ok(())
+    }
+
+    /// What start-up needs: the next sequence, live dedup keys, pending deliveries.
+    pub fn recover(&self, now_s: u32) -> Result<Recovery, StoreError> {
+        let tx = self.db.begin_read()?;
+        let next_seq = tx
+            .open_table(META)?
+            .get("next_seq")?
+            .map(|v| v.value())
+            .unwrap_or(1);
+        let dedup = tx
+            .open_table(DEDUP)?
+            .range((now_s.saturating_add(1), 0)..)?
+            .map(|r| r.map(|(k, v)| (DedupKey(v.value()), k.value().0)))
+            .collect::<Result<_, _>>()?;
+        let mut pending = Vec::new();
+        for row in tx.open_table(DELIVERIES)?.iter()? {
+            let (k, _) = row?;
+            let (seq, endpoint) = k.value();
+            match EndpointKey::parse(endpoint) {
+                Some(endpoint) => pending.push((seq, endpoint)),
+                None => tracing::error!(
+                    seq,
+                    endpoint,
+                    "pending delivery with a malformed endpoint key; skipped"
+                ),
+            }
+        }
+        Ok(Recovery {
+            next_seq,
+            dedup,
+            pending,
+        })
+    }
+
+    pub fn event(&self, seq: u64) -> Result<Option<Event>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let events = tx.open_table(EVENTS)?;
+        events
+            .get(seq)?
+            .map(|v| record::decode(seq, v.value()))
+            .transpose()
+    }
+
+    /// Dead letters after `after` (exclusive) as `(endpoint, seq, state)`; all endpoints
+    /// when `endpoint` is `None`.
+    pub fn dead_letters(
+        &self,
+        endpoint: Option<&str>,
+        after: Option<(String, u64)>,
+        limit: usize,
+    ) -> Result<Vec<(String, u64, Vec<u8>)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let dead = tx.open_table(DEAD)?;
+        let mut start = after
+            .map(|(e, s)| (e, s.saturating_add(1)))
+            .unwrap_or_default();
+        if let Some(want) = endpoint {
+            start = start.max((want.to_string(), 0));
+        }
+        let mut out = Vec::new();
+        for row in dead.range((start.0.as_str(), start.1)..)? {
+            let (k, v) = row?;
+            let (ep, seq) = k.value();
+            if endpoint.is_some_and(|want| want != ep) {
+                // Keyed by endpoint first: its rows are all behind.
+                break;
+            }
+            out.push((ep.to_string(), seq, v.value().to_vec()));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The delivery state of `seq` at `endpoint`: `(dead, state)`, or none when it is
+    /// neither pending nor dead.
+    pub fn delivery(
+        &self,
+        seq: u64,
+        endpoint: &str,
+    ) -> Result<Option<(bool, Vec<u8>)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        if let Some(v) = tx.open_table(DELIVERIES)?.get((seq, endpoint))? {
+            return Ok(Some((false, v.value().to_vec())));
+        }
+        Ok(tx
+            .open_table(DEAD)?
+            .get((endpoint, seq))?
+            .map(|v| (true, v.value().to_vec())))
+    }
+
+    /// Up to `limit` pending deliveries of `endpoint` with seq `>= from`, with their
+    /// events; `floor` is the journal's `next_seq` at the read. Scans every pending row
+    /// from `from` on (rows are keyed by seq first).
+    pub fn pending(
+        &self,
+        endpoint: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<crate::store::PendingPage, StoreError> {
+        let tx = self.db.begin_read()?;
+        let next_seq = tx
+            .open_table(META)?
+            .get("next_seq")?
+            .map(|v| v.value())
+            .unwrap_or(1);
+        let deliveries = tx.open_table(DELIVERIES)?;
+        let events = tx.open_table(EVENTS)?;
+        let mut rows = Vec::new();
+        let mut complete = true;
+        for row in deliveries.range((from, "")..)? {
+            let (k, v) = row?;
+            let (seq, ep) = k.value();
+            if ep != endpoint {
+                continue;
+            }
+            if rows.len() >= limit {
+                complete = false;
+                break;
+            }
+            // A pending row without its event would be a journal bug; skip it loudly
+            // rather than stall the endpoint.
+            match events.get(seq)? {
+                Some(raw) => rows.push((record::decode(seq, raw.value())?, v.value().to_vec())),
+                None => tracing::error!(seq, endpoint, "pending delivery without its event"),
+            }
+        }
+        Ok(crate::store::PendingPage {
+            rows,
+            complete,
+            floor: next_seq,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn key(name: &str) -> EndpointKey {
+        EndpointKey::new(1234, name)
+    }
+
+    fn event(seq: u64, endpoints: &[&str]) -> Event {
+        Event {
+            seq,
+            accepted_ms: 0,
+            project: 1234,
+            dedup: DedupKey(u128::from(seq)),
+            order_key: format!("pay-{seq}"),
+            partition: 0,
+            endpoints: endpoints.iter().map(|e| key(e)).collect(),
+            body: Bytes::from_static(b"{}"),
+        }
+    }
+
+    fn commit(
+        journal: &Journal,
+        events: Vec<(Event, u32)>,
+        updates: Vec<Update>,
+        sweep: Option<u32>,
+    ) {
+        let group = Group {
+            events,
+            updates,
+            sweep_before: sweep,
+            next_seq: 10,
+        };
+        journal.commit(&group).unwrap();
+    }
+
+    #[test]
+    fn dead_letters_page_by_endpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path(), false, 1 << 20).unwrap();
+        let dead = |seq, endpoint: &str| Update::Dead {
+            seq,
+            endpoint: key(endpoint),
+            state: vec![],
+        };
+        commit(
+            &journal,
+            vec![],
+            vec![
+                dead(1, "a"),
+                dead(2, "c"),
+                dead(3, "a"),
+                dead(4, "c"),
+                dead(5, "a"),
+            ],
+            None,
+        );
+        let page = |endpoint: Option<&str>, after: Option<(&str, u64)>, limit| {
+            let endpoint = endpoint.map(|e| key(e).to_string());
+            journal
+                .dead_letters(
+                    endpoint.as_deref(),
+                    after.map(|(e, s)| (key(e).to_string(), s)),
+                    limit,
+                )
+                .unwrap()
+                .into_iter()
+                .map(|(e, s, _)| format!("{}{s}", e.trim_start_matches("1234/")))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(page(Some("a"), None, 2), ["a1", "a3"]);
+        assert_eq!(page(Some("a"), Some(("a", 3)), 2), ["a5"]);
+        assert_eq!(page(Some("c"), None, 10), ["c2", "c4"]);
+        assert!(page(Some("b"), None, 10).is_empty());
+        assert_eq!(page(None, Some(("a", 5)), 10), ["c2", "c4"]);
+        assert_eq!(page(None, None, 10).len(), 5);
+    }
+
+    #[test]
+    fn a_long_sweep_goes_a_chunk_per_commit_until_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path(), false, 1 << 20).unwrap();
+        let n = 2 * SWEEP_CHUNK as u64 + 10;
+        commit(
+            &journal,
+            (1..=n).map(|s| (event(s, &[]), 100)).collect(),
+            vec![],
+            None,
+        );
+        let left = || {
+            (1..=n)
+                .filter(|&s| journal.event(s).unwrap().is_some())
+                .count()
+        };
+        commit(&journal, vec![], vec![], Some(200));
+        assert_eq!(left(), n as usize - SWEEP_CHUNK);
+        // Later commits carry the sweep on without being asked again.
+        commit(&journal, vec![], vec![], None);
+        commit(&journal, vec![], vec![], None);
+        assert_eq!(left(), 0);
+    }
+
+    #[test]
+    fn a_sweep_drops_the_events_only_their_expired_keys_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path(), false, 1 << 20).unwrap();
+        commit(
+            &journal,
+            vec![
+                (event(1, &[]), 100),         // unrouted
+                (event(2, &["a"]), 100),      // still pending
+                (event(3, &["a"]), 100),      // delivered below
+                (event(4, &["b"]), 100),      // a dead letter below
+                (event(5, &[]), 300),         // its key lives on
+                (event(6, &["a", "b"]), 100), // delivered to a, dead at b
+            ],
+            vec![],
+            None,
+        );
+        commit(
+            &journal,
+            vec![],
+            vec![
+                Update::Done {
+                    seq: 3,
+                    endpoint: key("a"),
+                },
+                Update::Dead {
+                    seq: 4,
+                    endpoint: key("b"),
+                    state: vec![1],
+                },
+                Update::Dead {
+                    seq: 6,
+                    endpoint: key("b"),
+                    state: vec![2],
+                },
+                Update::Done {
+                    seq: 6,
+                    endpoint: key("a"),
+                },
+            ],
+            None,
+        );
+        assert!(
+            journal.event(1).unwrap().is_some(),
+            "kept while its key lives"
+        );
+        assert!(
+            journal.event(3).unwrap().is_none(),
+            "delivered: gone at once"
+        );
+
+        commit(&journal, vec![], vec![], Some(200));
+        let left: Vec<u64> = (1..=6)
+            .filter(|&s| journal.event(s).unwrap().is_some())
+            .collect();
+        assert_eq!(left, [2, 4, 5, 6]);
+        let recovered = journal.recover(150).unwrap();
+        assert_eq!(recovered.dedup, [(DedupKey(5), 300)]);
+        assert_eq!(recovered.pending, [(2, key("a"))]);
+    }
+}
