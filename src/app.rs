@@ -94,7 +94,7 @@ pub async fn run(
         ))
     };
 
-    let (store, feed) = store::open(&config.storage).await?;
+    let (store, feed) = store::open(&config).await?;
     let delivery = Delivery::start(&config.delivery, store.clone(), projects.clone(), feed)
         .map_err(AppError::Config)?;
     {

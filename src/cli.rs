@@ -122,11 +122,8 @@ pub fn main() -> ExitCode {
         Command::Simulate(args) => run(|| simulate(args)),
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(config) => {
-                for key in config.literal_secrets() {
-                    eprintln!(
-                        "{}: warning: {key} is a literal secret; use env: or file: in production",
-                        file.display()
-                    );
+                for warning in config.warnings() {
+                    eprintln!("{}: warning: {warning}", file.display());
                 }
                 println!(
                     "{}: ok ({} projects)",
@@ -208,11 +205,8 @@ fn serve(path: PathBuf) -> ExitCode {
         }
     };
     let _log_guard = crate::telemetry::init(&config.log);
-    for key in config.literal_secrets() {
-        tracing::warn!(
-            key,
-            "literal secret in the config file; use env: or file: in production"
-        );
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
     }
     // Admin, delivery and timers; platform requests get their own HTTP threads
     // (`server.worker_threads`, see `http::serve_per_thread`).

@@ -91,7 +91,6 @@ pub struct Storage {
     pub dir: PathBuf,
     #[serde(deserialize_with = "duration")]
     pub dedup_window: Duration,
-    pub nats_url: Option<String>,
     /// Most callbacks one group commit takes.
     pub max_batch: usize,
     /// Callbacks waiting for the journal beyond which ingress answers 503.
@@ -100,6 +99,27 @@ pub struct Storage {
     pub verify_on_open: bool,
     /// Memory the journal may use for its page cache and write buffer.
     pub cache_bytes: usize,
+    /// JetStream only: the NATS servers to reach (any of them; the client finds the rest).
+    pub nats_urls: Vec<String>,
+    /// One more NATS server, as the config key of earlier versions named it.
+    pub nats_url: Option<String>,
+    /// JetStream only: copies of every stream (3 for high availability; 1 is durable
+    /// but not highly available).
+    pub replicas: usize,
+    /// JetStream only: delivery partitions, fixed for the stream's life.
+    pub partitions: u16,
+    /// JetStream only: the events stream; the other streams and buckets are named after it.
+    pub stream: String,
+    /// JetStream only: the events stream's size limit; past it callbacks get 503.
+    #[serde(deserialize_with = "byte_size")]
+    pub max_bytes: u64,
+    /// JetStream only: a NATS credentials file (JWT and nkey seed).
+    pub nats_creds: Option<PathBuf>,
+    pub nats_token: Option<SecretRef>,
+    pub nats_user: Option<SecretRef>,
+    pub nats_password: Option<SecretRef>,
+    /// JetStream only: PEM CA certificates trusted for `tls://` NATS servers.
+    pub nats_ca_file: Option<PathBuf>,
 }
 
 impl Default for Storage {
@@ -108,12 +128,33 @@ impl Default for Storage {
             engine: Engine::Embedded,
             dir: PathBuf::from("./data"),
             dedup_window: Duration::from_secs(7 * 24 * 3600),
-            nats_url: None,
             max_batch: 512,
             max_pending: 16_384,
             verify_on_open: true,
             cache_bytes: 256 << 20,
+            nats_urls: Vec::new(),
+            nats_url: None,
+            replicas: 3,
+            partitions: 64,
+            stream: "CBGATE".into(),
+            max_bytes: 50 << 30,
+            nats_creds: None,
+            nats_token: None,
+            nats_user: None,
+            nats_password: None,
+            nats_ca_file: None,
         }
+    }
+}
+
+impl Storage {
+    /// Every NATS server named, `nats_url` included.
+    pub fn nats_servers(&self) -> Vec<String> {
+        self.nats_urls
+            .iter()
+            .chain(self.nats_url.as_ref())
+            .cloned()
+            .collect()
     }
 }
 
@@ -339,6 +380,26 @@ fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::
         .transpose()
 }
 
+fn byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match Size::deserialize(d)? {
+        Size::Bytes(n) => Ok(n),
+        Size::Text(text) => text
+            .parse::<bytesize::ByteSize>()
+            .map(|b| b.as_u64())
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "`{text}` is not a size ({e}); write it like \"512MiB\" or \"50GiB\""
+                ))
+            }),
+    }
+}
+
 fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
     Vec::<String>::deserialize(d)?
         .iter()
@@ -447,11 +508,7 @@ impl Config {
             out.push(format!("server.admin_token: {e}"));
         }
         if self.storage.engine == Engine::Jetstream {
-            // Refused rather than quietly run on the embedded file: nodes that believe
-            // they share dedup would each accept the same retry.
-            out.push(
-                "storage.engine: \"jetstream\" is not in this build yet; use \"embedded\"".into(),
-            );
+            out.extend(self.jetstream_problems());
         }
         if self.storage.dedup_window < Duration::from_secs(60) {
             out.push(
@@ -551,6 +608,120 @@ impl Config {
                     Err(err) => out.push(format!("{at}.secret: {err}")),
                 }
             }
+        }
+        out
+    }
+
+    /// The `[storage]` keys the JetStream engine needs, checked.
+    fn jetstream_problems(&self) -> Vec<String> {
+        let st = &self.storage;
+        let mut out = Vec::new();
+        let servers = st.nats_servers();
+        if servers.is_empty() {
+            out.push(
+                "storage.nats_urls: the jetstream engine needs at least one NATS server".into(),
+            );
+        }
+        for url in &servers {
+            if let Err(e) = url.parse::<async_nats::ServerAddr>() {
+                out.push(format!("storage.nats_urls: `{url}` is not a NATS URL: {e}"));
+            }
+        }
+        if !(1..=5).contains(&st.replicas) {
+            out.push(format!(
+                "storage.replicas: {} is out of range 1..=5",
+                st.replicas
+            ));
+        }
+        if !(1..=1024).contains(&st.partitions) {
+            out.push(format!(
+                "storage.partitions: {} is out of range 1..=1024",
+                st.partitions
+            ));
+        }
+        if st.stream.is_empty()
+            || st.stream.len() > 32
+            || !st
+                .stream
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+        {
+            out.push(format!(
+                "storage.stream: `{}` must be 1 to 32 letters, digits, '-' or '_'",
+                st.stream
+            ));
+        }
+        if st.max_bytes < 1 << 20 {
+            out.push(format!(
+                "storage.max_bytes: {} is less than 1 MiB",
+                st.max_bytes
+            ));
+        }
+        if let Some(path) = &st.nats_creds
+            && let Err(e) = std::fs::read_to_string(path)
+        {
+            out.push(format!(
+                "storage.nats_creds: cannot read {}: {e}",
+                path.display()
+            ));
+        }
+        for (key, secret) in [
+            ("nats_token", &st.nats_token),
+            ("nats_user", &st.nats_user),
+            ("nats_password", &st.nats_password),
+        ] {
+            if let Some(secret) = secret
+                && let Err(e) = secret.resolve()
+            {
+                out.push(format!("storage.{key}: {e}"));
+            }
+        }
+        if st.nats_user.is_some() != st.nats_password.is_some() {
+            out.push("storage.nats_user and storage.nats_password: set both or neither".into());
+        }
+        let ways = [
+            st.nats_creds.is_some(),
+            st.nats_token.is_some(),
+            st.nats_user.is_some(),
+        ];
+        if ways.iter().filter(|w| **w).count() > 1 {
+            out.push(
+                "storage.nats_creds, nats_token, nats_user: choose one way to authenticate".into(),
+            );
+        }
+        if let Some(path) = &st.nats_ca_file
+            && let Err(e) = crate::outbound::load_certificates(path)
+        {
+            out.push(format!("storage.nats_ca_file: {e}"));
+        }
+        // Events leave the stream when their dedup key expires: a delivery still
+        // retrying then would lose its body.
+        if self.delivery.give_up_after >= st.dedup_window {
+            out.push(format!(
+                "delivery.give_up_after: {:?} must be shorter than storage.dedup_window ({:?}) \
+                 on the jetstream engine, which keeps each event for the dedup window",
+                self.delivery.give_up_after, st.dedup_window
+            ));
+        }
+        out
+    }
+
+    /// What is accepted but worth a warning at start, one line each.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .literal_secrets()
+            .into_iter()
+            .map(|key| format!("{key} is a literal secret; use env: or file: in production"))
+            .collect();
+        if self.storage.engine == Engine::Jetstream && self.storage.replicas < 3 {
+            out.push(format!(
+                "storage.replicas = {}: callbacks are durable but not highly available; a NATS \
+                 server's loss stops intake (use 3)",
+                self.storage.replicas
+            ));
+        }
+        if self.storage.nats_url.is_some() {
+            out.push("storage.nats_url is read as one more entry of storage.nats_urls".into());
         }
         out
     }

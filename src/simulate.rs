@@ -334,10 +334,11 @@ fn classify(path: &str, status: StatusCode, body: &[u8]) -> Got {
     if status == StatusCode::SERVICE_UNAVAILABLE {
         return Got::Busy;
     }
-    if path == "/terminal" && status == StatusCode::OK {
-        if let Some(code) = field("code").and_then(|c| c.as_u64()) {
-            return Got::Terminal(code as u16);
-        }
+    if path == "/terminal"
+        && status == StatusCode::OK
+        && let Some(code) = field("code").and_then(|c| c.as_u64())
+    {
+        return Got::Terminal(code as u16);
     }
     if path == "/callbacks" {
         match (

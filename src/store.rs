@@ -6,6 +6,7 @@
 
 pub mod embedded;
 pub mod jetstream;
+pub mod record;
 
 use std::fmt;
 use std::future::Future;
@@ -16,7 +17,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::callback::Callback;
-use crate::config::{Engine, Storage};
+use crate::config::{Config, Engine};
 use crate::dedup::DedupKey;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -252,6 +253,13 @@ pub trait Store: Send + Sync + 'static {
         outcome: Settle,
     ) -> Result<(), StoreError>;
 
+    /// The worker of `endpoint` has no room for this arrival and leaves it to the store:
+    /// its next `pending` read must find it. (The embedded journal already holds every
+    /// delivery from the event's own commit.)
+    fn defer(&self, _event: &Arc<Event>, _endpoint: &EndpointKey) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Resolves once everything settled before the call is durable.
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 
@@ -314,21 +322,18 @@ pub trait Store: Send + Sync + 'static {
     fn close(&self) -> BoxFuture<'_, ()>;
 }
 
-/// Opens the engine `storage` names. Returns it and what this node's delivery engine
-/// reads.
-pub async fn open(storage: &Storage) -> Result<(Arc<dyn Store>, Feed), StoreError> {
-    match storage.engine {
+/// Opens the engine `config.storage` names. Returns it and what this node's delivery
+/// engine reads.
+pub async fn open(config: &Config) -> Result<(Arc<dyn Store>, Feed), StoreError> {
+    match config.storage.engine {
         Engine::Embedded => {
-            let storage = storage.clone();
+            let storage = config.storage.clone();
             let (store, feed) = tokio::task::spawn_blocking(move || embedded::open(&storage))
                 .await
                 .map_err(|e| StoreError::Refused(format!("journal open failed: {e}")))??;
             Ok((Arc::new(store), feed))
         }
-        Engine::Jetstream => {
-            let (store, feed) = jetstream::open(storage).await?;
-            Ok((store, feed))
-        }
+        Engine::Jetstream => jetstream::open(config).await,
     }
 }
 

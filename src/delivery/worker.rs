@@ -190,13 +190,20 @@ impl Worker {
 
     fn arrive(&mut self, event: Arc<Event>) {
         self.depth += 1;
-        if event.seq <= self.floor || self.spilled {
+        if event.seq <= self.floor {
             return;
         }
-        if self.queue.len() >= self.shared.max_queued {
+        if !self.spilled && self.queue.len() >= self.shared.max_queued {
             // Memory is full: the store keeps the rest, read back as the queue drains.
             self.spilled = true;
             self.cursor = event.seq;
+        }
+        if self.spilled {
+            // Arrivals from several partitions need not come in seq order.
+            self.cursor = self.cursor.min(event.seq);
+            if let Err(e) = self.shared.store.defer(&event, &self.key) {
+                tracing::warn!(endpoint = %self.key, seq = event.seq, error = %e, "delivery not left to the store; it is sent again later");
+            }
             return;
         }
         let state = State::decode(&[], event.accepted_ms);

@@ -11,7 +11,6 @@
 //! - The dedup set in memory holds exactly the durable, unexpired keys: a hit is a
 //!   duplicate without asking the writer.
 
-pub mod record;
 pub mod redb;
 
 use std::sync::{Arc, Mutex};

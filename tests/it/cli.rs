@@ -145,10 +145,51 @@ fn bad_configs_are_refused_with_their_reason() {
             "unknown variant `cassandra`",
         ),
         (
+            format!("[storage]\nengine = \"jetstream\"\n{project}"),
+            "storage.nats_urls: the jetstream engine needs at least one NATS server",
+        ),
+        (
+            format!("[storage]\nengine = \"jetstream\"\nnats_urls = [\"http://x y\"]\n{project}"),
+            "is not a NATS URL",
+        ),
+        (
             format!(
-                "[storage]\nengine = \"jetstream\"\nnats_url = \"nats://127.0.0.1:4222\"\n{project}"
+                "[storage]\nengine = \"jetstream\"\nnats_urls = [\"nats://127.0.0.1:4222\"]\n\
+                 partitions = 0\nreplicas = 7\nstream = \"cb.gate\"\n{project}"
             ),
-            "storage.engine: \"jetstream\" is not in this build yet",
+            "storage.partitions: 0 is out of range 1..=1024",
+        ),
+        (
+            format!(
+                "[storage]\nengine = \"jetstream\"\nnats_urls = [\"nats://127.0.0.1:4222\"]\n\
+                 replicas = 7\n{project}"
+            ),
+            "storage.replicas: 7 is out of range 1..=5",
+        ),
+        (
+            format!(
+                "[storage]\nengine = \"jetstream\"\nnats_urls = [\"nats://127.0.0.1:4222\"]\n\
+                 stream = \"cb.gate\"\n{project}"
+            ),
+            "storage.stream: `cb.gate` must be 1 to 32 letters",
+        ),
+        (
+            format!("[storage]\nmax_bytes = \"lots\"\n{project}"),
+            "`lots` is not a size",
+        ),
+        (
+            format!(
+                "[storage]\nengine = \"jetstream\"\nnats_urls = [\"nats://127.0.0.1:4222\"]\n\
+                 nats_user = \"env:CBGATE_SURELY_UNSET_USER\"\n{project}"
+            ),
+            "storage.nats_user and storage.nats_password: set both or neither",
+        ),
+        (
+            format!(
+                "[storage]\nengine = \"jetstream\"\nnats_urls = [\"nats://127.0.0.1:4222\"]\n\
+                 dedup_window = \"1d\"\n{project}"
+            ),
+            "delivery.give_up_after: 259200s must be shorter than storage.dedup_window",
         ),
         (
             format!("[server]\nworker_threads = 100000\n{project}"),

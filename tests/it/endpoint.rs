@@ -50,6 +50,8 @@ pub struct Endpoint {
     scheme: &'static str,
     log: Arc<Mutex<Vec<Received>>>,
     stop: Arc<AtomicBool>,
+    /// Requests read so far, answered or not.
+    count: Arc<AtomicUsize>,
 }
 
 impl Endpoint {
@@ -91,7 +93,7 @@ impl Endpoint {
         let stop = Arc::new(AtomicBool::new(false));
         let count = Arc::new(AtomicUsize::new(0));
         {
-            let (log, stop) = (log.clone(), stop.clone());
+            let (log, stop, count) = (log.clone(), stop.clone(), count.clone());
             std::thread::spawn(move || {
                 for stream in listener.incoming() {
                     if stop.load(Ordering::Acquire) {
@@ -110,11 +112,17 @@ impl Endpoint {
             scheme,
             log,
             stop,
+            count,
         }
     }
 
     pub fn url(&self) -> String {
         format!("{}://{}/hooks", self.scheme, self.addr)
+    }
+
+    /// Requests read so far, including those not answered yet.
+    pub fn received(&self) -> usize {
+        self.count.load(Ordering::Acquire)
     }
 
     pub fn requests(&self) -> Vec<Received> {

@@ -1,10 +1,12 @@
 //! cbgate's integration tests: the real binary and servers on 127.0.0.1, real HTTP.
 mod cli;
+mod contract;
 mod delivery;
 mod endpoint;
 mod ingest;
 mod k6;
 mod lifecycle;
+mod nats;
 mod signature;
 mod simulate;
 mod support;

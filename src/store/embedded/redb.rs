@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::record;
 use crate::dedup::DedupKey;
+use crate::store::record;
 use crate::store::{EndpointKey, Event, StoreError};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");

@@ -1,4 +1,5 @@
-//! The journal's record of one event (the `events` table value):
+//! The stored record of one event, the same for both engines (the journal's `events`
+//! value, the payload of a JetStream event message):
 //! `version u8 | accepted_ms u64 | project u64 | dedup u128 | order_key (u16 len)
 //! | endpoint count u16, each (u16 len) | body`, integers little-endian. Decoding any
 //! bytes never panics: a damaged record is `Malformed`.
@@ -28,6 +29,11 @@ pub fn encode(event: &Event) -> Vec<u8> {
 /// The event `seq` recorded in `raw`, its body copied out.
 pub fn decode(seq: u64, raw: &[u8]) -> Result<Event, StoreError> {
     decode_with(seq, raw, Bytes::copy_from_slice)
+}
+
+/// The event `seq` recorded in `raw`, its body a slice of `raw` (no copy).
+pub fn decode_shared(seq: u64, raw: &Bytes) -> Result<Event, StoreError> {
+    decode_with(seq, raw, |body| raw.slice_ref(body))
 }
 
 /// Everything but the body, which is left empty: the journal's own bookkeeping needs
