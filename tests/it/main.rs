@@ -1,5 +1,6 @@
 //! cbgate's integration tests: the real binary and servers on 127.0.0.1, real HTTP.
 mod cli;
+mod cluster;
 mod contract;
 mod delivery;
 mod endpoint;

@@ -3,7 +3,7 @@
 //! `sync_interval: always`, stopped by PID. A node can be killed and started again on
 //! the same ports and data.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -29,6 +29,9 @@ fn binary() -> PathBuf {
         _ => PathBuf::from("nats-server"),
     }
 }
+
+/// Partitions of the gateways on a cluster: enough that three nodes each own some.
+pub const CLUSTER_PARTITIONS: u16 = 32;
 
 /// One nats-server process and what it needs to start again.
 pub struct Node {
@@ -182,8 +185,13 @@ impl Nats {
             .map(|n| format!("\"{}\"", n.url()))
             .collect::<Vec<_>>()
             .join(", ");
+        let partitions = if self.nodes.len() > 1 {
+            CLUSTER_PARTITIONS
+        } else {
+            8
+        };
         format!(
-            "engine = \"jetstream\"\nnats_urls = [{urls}]\nreplicas = {}\npartitions = 8\n\
+            "engine = \"jetstream\"\nnats_urls = [{urls}]\nreplicas = {}\npartitions = {partitions}\n\
              max_bytes = \"256MiB\"\n",
             self.nodes.len()
         )
@@ -212,11 +220,6 @@ impl Nats {
             .map(|n| format!("--- {}\n{}", n.name, tail(&n.log(), 30)))
             .collect()
     }
-}
-
-/// True when something accepts connections on `addr`.
-pub fn answers(addr: SocketAddr) -> bool {
-    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
 }
 
 fn tail(text: &str, lines: usize) -> String {

@@ -43,7 +43,7 @@ impl Merchant {
         Merchant { addr, seen }
     }
 
-    fn count(&self, body: &[u8]) -> usize {
+    pub fn count(&self, body: &[u8]) -> usize {
         self.seen.lock().unwrap().get(body).copied().unwrap_or(0)
     }
 }

@@ -281,15 +281,20 @@ impl Actor {
                     reply,
                 } => self.release(partition, graceful, reply).await,
                 Cmd::Released { partition, reply } => {
-                    let mut dropped = 0;
-                    self.held.retain(|_, h| {
-                        let keep = h.partition != partition;
-                        if !keep {
-                            dropped += h.outstanding.len();
+                    // What could not be parked goes back to the consumer now, for the
+                    // next owner, rather than after the ack wait.
+                    let gone: Vec<u64> = self
+                        .held
+                        .iter()
+                        .filter(|(_, h)| h.partition == partition)
+                        .map(|(seq, _)| *seq)
+                        .collect();
+                    for seq in gone {
+                        if let Some(h) = self.held.remove(&seq) {
+                            self.outstanding -= h.outstanding.len();
+                            let _ = h.acker.ack_with(jetstream::AckKind::Nak(None)).await;
                         }
-                        keep
-                    });
-                    self.outstanding -= dropped;
+                    }
                     let _ = reply.send(());
                 }
                 Cmd::Message { partition, msg } => self.arrive(partition, *msg).await,
@@ -449,7 +454,8 @@ impl Actor {
 
     async fn arrive(&mut self, partition: u16, msg: jetstream::Message) {
         if !self.owned.contains_key(&partition) {
-            // Pulled just before a release: left unacked for the next owner.
+            // Pulled just before a release: back to the consumer for the next owner.
+            let _ = msg.ack_with(jetstream::AckKind::Nak(None)).await;
             return;
         }
         let (seq, _delivered) = match msg.info() {
