@@ -1,11 +1,12 @@
 //! Distinct signed callbacks as fast as the target takes them: oha sends one body
 //! over and over (all duplicates after the first), so the accepted path needs this.
-//! Usage: callback_load URL SECRET PROJECT [--connections 64] [--seconds 10]
+//! Usage: callback_load URL[,URL...] SECRET PROJECT [--connections 64] [--seconds 10]
 //!        [--count N] [--start-op 1] [--stamp] [--rate R]
 //! Prints one JSON line: sent, by-status counts, req/s, p50/p99/p99.9 latency.
 //! With `--rate` the connections together send R requests/s on a fixed schedule, and
 //! a request held back by a slow answer counts its latency from its scheduled time, so
-//! a stall is not hidden by the requests it delayed.
+//! a stall is not hidden by the requests it delayed. Several URLs (gateway nodes) share
+//! the connections in turn.
 
 use std::time::{Duration, Instant};
 
@@ -68,11 +69,16 @@ fn callback(project: u64, op: u64, secret: &str, sent_ms: u64) -> Vec<u8> {
 #[tokio::main]
 async fn main() {
     let a = args();
-    let rest = a.url.strip_prefix("http://").expect("http:// URL");
-    let (host, path) = rest
-        .split_once('/')
-        .map(|(h, p)| (h.to_string(), format!("/{p}")))
-        .unwrap();
+    let targets: Vec<(String, String)> = a
+        .url
+        .split(',')
+        .map(|url| {
+            let rest = url.strip_prefix("http://").expect("http:// URL");
+            rest.split_once('/')
+                .map(|(h, p)| (h.to_string(), format!("/{p}")))
+                .unwrap()
+        })
+        .collect();
     let bodies: Vec<Vec<u8>> = if a.stamp {
         Vec::new()
     } else {
@@ -93,7 +99,8 @@ async fn main() {
     let tasks: Vec<_> = (0..a.connections)
         .map(|c| {
             let mut due = gap.map(|g| started + g.mul_f64(c as f64 / a.connections as f64));
-            let (bodies, next, host, path, secret) = (bodies.clone(), next.clone(), host.clone(), path.clone(), secret.clone());
+            let (host, path) = targets[c % targets.len()].clone();
+            let (bodies, next, secret) = (bodies.clone(), next.clone(), secret.clone());
             tokio::spawn(async move {
                 let mut lat = Vec::new();
                 let mut statuses = std::collections::BTreeMap::<u16, u64>::new();

@@ -31,6 +31,12 @@ enum Command {
         /// The TOML config file.
         #[arg(long, short)]
         config: PathBuf,
+        /// Overrides `server.listen`: several nodes on one machine can share a file.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Overrides `server.admin_listen`.
+        #[arg(long)]
+        admin_listen: Option<std::net::SocketAddr>,
     },
     /// Validate a config file: print every problem, exit 64 if there is one.
     CheckConfig {
@@ -118,7 +124,11 @@ struct SimulateArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config } => serve(config),
+        Command::Serve {
+            config,
+            listen,
+            admin_listen,
+        } => serve(config, listen, admin_listen),
         Command::Simulate(args) => run(|| simulate(args)),
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(config) => {
@@ -196,14 +206,20 @@ const EXIT_CONFIG: u8 = 64;
 /// Validates the config before binding anything, then runs until SIGTERM/SIGINT.
 /// A second signal exits at once: the journal is the truth, nothing acknowledged
 /// is lost by stopping mid-drain.
-fn serve(path: PathBuf) -> ExitCode {
-    let config = match Config::load(&path) {
+fn serve(
+    path: PathBuf,
+    listen: Option<std::net::SocketAddr>,
+    admin_listen: Option<std::net::SocketAddr>,
+) -> ExitCode {
+    let mut config = match Config::load(&path) {
         Ok(c) => c,
         Err(problems) => {
             eprintln!("{problems}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    config.server.listen = listen.unwrap_or(config.server.listen);
+    config.server.admin_listen = admin_listen.unwrap_or(config.server.admin_listen);
     let _log_guard = crate::telemetry::init(&config.log);
     for warning in config.warnings() {
         tracing::warn!("{warning}");
