@@ -359,8 +359,8 @@ impl Terminal {
                 format!("merchant answered HTTP {}", status.as_u16()),
             );
         }
-        match validate(c.kind, &bytes) {
-            Ok(valid) => (relay(c.dialect, valid, bytes), true),
+        match validate(c.kind, &bytes).and_then(|valid| relay(c.dialect, valid, bytes)) {
+            Ok(answer) => (answer, true),
             Err(reason) => {
                 merchant_error("malformed", format!("malformed merchant answer: {reason}"))
             }
@@ -370,12 +370,37 @@ impl Terminal {
 
 /// The fields of a merchant answer that the protocol checks; the rest passes through.
 #[derive(Deserialize)]
-struct AnswerFields {
+struct Fields {
     code: Option<Value>,
     currency: Option<Value>,
     payment_id: Option<Value>,
     message: Option<IgnoredAny>,
     error_description: Option<IgnoredAny>,
+}
+
+/// `Fields` read from a JSON object only: serde's derived struct also accepts a
+/// sequence (`[404, null, null, "x"]` fills the fields by position), which the
+/// protocol does not allow and which would be relayed to the kiosk as an array.
+struct AnswerFields(Fields);
+
+impl<'de> Deserialize<'de> for AnswerFields {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ObjectOnly;
+        impl<'de> serde::de::Visitor<'de> for ObjectOnly {
+            type Value = AnswerFields;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<AnswerFields, A::Error> {
+                Fields::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(AnswerFields)
+            }
+        }
+        d.deserialize_map(ObjectOnly)
+    }
 }
 
 /// A merchant answer that passed: its code, and where it gives a reason.
@@ -388,7 +413,9 @@ struct Valid {
 /// Checks a merchant answer against the protocol without building it as a tree: a
 /// valid answer is relayed as the merchant wrote it.
 fn validate(kind: Kind, bytes: &[u8]) -> Result<Valid, String> {
-    let answer: AnswerFields = serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+    // The whole answer is UTF-8, not only the fields read: it may be relayed as written.
+    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_string())?;
+    let AnswerFields(answer) = serde_json::from_str(text).map_err(|e| match e.classify() {
         Category::Data if bytes.trim_ascii_start().starts_with(b"{") => e.to_string(),
         Category::Data => "not a JSON object".to_string(),
         _ => "not JSON".to_string(),
@@ -420,17 +447,18 @@ fn validate(kind: Kind, bytes: &[u8]) -> Result<Valid, String> {
 }
 
 /// The merchant's answer in `dialect`: as it came, unless its reason is in the other
-/// dialect's field.
-fn relay(dialect: Dialect, valid: Valid, bytes: Bytes) -> Answer {
+/// dialect's field. An `Err` is a reason to call the answer malformed (not expected
+/// after `validate`, but merchant bytes never reach a panic).
+fn relay(dialect: Dialect, valid: Valid, bytes: Bytes) -> Result<Answer, String> {
     if !dialect.foreign(valid.message, valid.error_description) {
-        return Answer {
+        return Ok(Answer {
             code: valid.code,
             body: bytes,
-        };
+        });
     }
     let answer: serde_json::Map<String, Value> =
-        serde_json::from_slice(&bytes).expect("validated as a JSON object");
-    Answer::new(dialect.translate(answer))
+        serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+    Ok(Answer::new(dialect.translate(answer)))
 }
 
 #[cfg(test)]
@@ -450,13 +478,52 @@ mod tests {
         assert!(validate(Kind::Verify, b"[0]").is_err_and(|e| e == "not a JSON object"));
         // Two codes: which one the platform would read is unknowable.
         assert!(validate(Kind::Verify, br#"{"code":0,"code":500,"currency":"KZT"}"#).is_err());
+        assert!(
+            validate(
+                Kind::Verify,
+                b"{\"code\":0,\"currency\":\"KZT\",\"x\":\"\xff\"}"
+            )
+            .is_err_and(|e| e == "not UTF-8")
+        );
+    }
+
+    /// Issue 16: a derived struct also reads a JSON array by position, so
+    /// `[404, null, null, "x", null]` passed and panicked in `relay`, and
+    /// `[0, "KZT", null, null, null]` reached the kiosk as an array.
+    #[test]
+    fn an_answer_that_is_a_json_array_is_malformed_in_every_dialect() {
+        for raw in [
+            &br#"[404, null, null, "x", null]"#[..],
+            br#"[0, "KZT", null, null, null]"#,
+            br#"[0, "KZT", "p1", null, null]"#,
+            br#"  [500]"#,
+        ] {
+            for kind in [Kind::Verify, Kind::CheckDeposit] {
+                assert_eq!(
+                    validate(kind, raw).err().as_deref(),
+                    Some("not a JSON object"),
+                    "{}",
+                    String::from_utf8_lossy(raw)
+                );
+            }
+        }
+        // relay never panics, whatever it is given.
+        for dialect in [Dialect::Kassa24, Dialect::PayDala] {
+            let valid = Valid {
+                code: 404,
+                message: dialect == Dialect::Kassa24,
+                error_description: dialect == Dialect::PayDala,
+            };
+            let raw = Bytes::from_static(br#"[404, null, null, "x", null]"#);
+            assert!(relay(dialect, valid, raw).is_err());
+        }
     }
 
     #[test]
     fn a_valid_answer_is_relayed_as_written_unless_it_speaks_the_other_dialect() {
         let relayed = |dialect, raw: &'static [u8]| {
             let valid = validate(Kind::Verify, raw).unwrap();
-            relay(dialect, valid, Bytes::from_static(raw))
+            relay(dialect, valid, Bytes::from_static(raw)).unwrap()
         };
         let raw = br#"{ "code": 0, "currency": "KZT", "additional_customer_id": "HFVDW42345" }"#;
         let answer = relayed(Dialect::PayDala, raw);

@@ -96,6 +96,10 @@ fn serve(
             "acct-broken" => (200, "<html>oops</html>".to_string()),
             "acct-nocurrency" | "acct-nopayment" => (200, json!({"code": 0}).to_string()),
             "acct-badcode" => (200, json!({"code": 7}).to_string()),
+            // Issue 16: arrays that a derived serde struct reads by position.
+            "acct-array404" => (200, r#"[404, null, null, "x", null]"#.to_string()),
+            "acct-array0" if check_deposit => (200, r#"[0, null, "p1", null, null]"#.to_string()),
+            "acct-array0" => (200, r#"[0, "KZT", null, null, null]"#.to_string()),
             "acct-http500" => (500, json!({"code": 0, "currency": "KZT"}).to_string()),
             other => {
                 if other == "acct-slow" {
@@ -465,4 +469,46 @@ fn an_https_merchant_is_reached_through_the_configured_ca_and_never_without_it()
         "{}",
         untrusted.log()
     );
+}
+
+/// Issue 16: a merchant answering a JSON array made the request panic (code 404 by
+/// position) or reached the kiosk as an array with HTTP 200 (code 0 by position).
+#[test]
+fn a_merchant_answer_that_is_a_json_array_is_code_500_in_the_methods_dialect() {
+    let merchant = Merchant::start();
+    let g = gateway(&merchant, "2s");
+    let mut asked = 0;
+    for customer in ["acct-array404", "acct-array0"] {
+        for (project, request) in verify_and_deposit(customer) {
+            // On one kept-alive connection: a panic in the handler would cut it.
+            let body = signed_for(project, &request.to_string(), SECRET);
+            let (status, answer) = g.post("/terminal", &body);
+            asked += 1;
+            assert_eq!(status, 200, "{customer}: {answer}");
+            let answer: Value = serde_json::from_str(&answer).unwrap();
+            assert!(answer.is_object(), "{customer}: {answer}");
+            assert_eq!(answer["code"], 500, "{customer}: {answer}");
+            assert_eq!(
+                answer[reason_field(project)],
+                "malformed merchant answer: not a JSON object",
+                "{customer}: {answer}"
+            );
+            assert_eq!(answer.as_object().unwrap().len(), 2, "{answer}");
+        }
+    }
+    assert_eq!(
+        g.metric(
+            "cbgate_terminal_merchant_errors_total",
+            &[("error", "malformed")]
+        ),
+        asked as f64
+    );
+    // The gateway still answers, and its log shows no panic.
+    let answer = ask(
+        &g,
+        1234,
+        &json!({"type": "verify", "customer_id": "acct-ok"}),
+    );
+    assert_eq!(answer["code"], 0);
+    assert!(!g.log().contains("panicked"), "{}", g.log());
 }
