@@ -19,7 +19,7 @@ use crate::http::{Body, json};
 use crate::metrics as m;
 use crate::outbound::{self, pool::Failure, pool::Pool};
 use crate::projects::{Project, Projects};
-use crate::signature::{self, Canonicalizer};
+use crate::signature::{self, Canonicalizer, Scalar};
 use crate::verifier::with_canonicalizer;
 use dialect::Dialect;
 use recent::Recent;
@@ -143,7 +143,9 @@ impl Terminal {
         max_depth: usize,
     ) -> Response<Body> {
         let started = Instant::now();
-        let checked = with_canonicalizer(max_depth, |canon| self.check(canon, &body, &projects));
+        let checked = with_canonicalizer(max_depth, |canon| {
+            check(canon, &body, &projects, self.fallback)
+        });
         let (answer, project, kind) = match checked {
             Err(r) => (
                 Answer::new(r.dialect.error(r.code, &r.reason)),
@@ -179,106 +181,6 @@ impl Terminal {
             })
             .increment(1);
         json(StatusCode::OK, answer.body)
-    }
-
-    /// Parses and checks the request; an `Err` is the gateway's own answer.
-    fn check(
-        &self,
-        canon: &mut Canonicalizer,
-        body: &[u8],
-        projects: &Projects,
-    ) -> Result<Checked, Refusal> {
-        if let Err(e) = canon.load(body) {
-            return Err(Refusal {
-                dialect: Dialect::Kassa24,
-                project: None,
-                kind: Kind::Unknown,
-                code: 500,
-                reason: e.to_string(),
-            });
-        }
-        let field = |name: &[u8]| canon.get(name).and_then(|v| std::str::from_utf8(v).ok());
-        let kind = match field(b"type") {
-            Some("verify") => Kind::Verify,
-            Some("check_deposit") => Kind::CheckDeposit,
-            _ => Kind::Unknown,
-        };
-        let project_id = canon.get(b"project_id");
-        let project = project_id.and_then(|id| projects.by_text(id).cloned());
-        // check_deposit names its method; verify speaks the project's.
-        let dialect = Dialect::of(
-            field(b"payment_method").or(project.as_ref().and_then(|p| p.method.as_deref())),
-        );
-        let fail = |code: u16, reason: String| {
-            Err(Refusal {
-                dialect,
-                project: project.as_ref().map(|p| p.id),
-                kind,
-                code,
-                reason,
-            })
-        };
-        if kind == Kind::Unknown {
-            return fail(500, "type must be verify or check_deposit".into());
-        }
-        let Some(project) = project.clone() else {
-            return match project_id {
-                None => fail(500, "missing field project_id".into()),
-                Some(id) => fail(
-                    500,
-                    format!("unknown project {}", String::from_utf8_lossy(id)),
-                ),
-            };
-        };
-        match signature::verify_loaded(canon, &project.secrets, self.fallback) {
-            Ok(_) => {}
-            Err(signature::VerifyError::Mismatch) => {
-                return fail(400, "Signature is invalid".into());
-            }
-            Err(e) => return fail(400, e.to_string()),
-        }
-        // The fields are read again: the signature check needed the parser.
-        let text = |name: &[u8]| canon.get(name).map(String::from_utf8_lossy);
-        let required: &[&str] = match kind {
-            Kind::Verify => &["customer_id"],
-            _ => &["customer_id", "amount", "currency", "payment_method"],
-        };
-        for field in required {
-            if text(field.as_bytes()).is_none_or(|v| v.is_empty()) {
-                return fail(500, format!("missing field {field}"));
-            }
-        }
-        if kind == Kind::CheckDeposit {
-            let currency = text(b"currency").unwrap_or_default();
-            if currency != "KZT" {
-                return fail(500, format!("currency must be KZT, not {currency}"));
-            }
-            let method = text(b"payment_method").unwrap_or_default();
-            if !crate::config::TERMINAL_METHODS.contains(&method.as_ref()) {
-                return fail(500, format!("unsupported payment_method {method}"));
-            }
-            let Some(amount) = text(b"amount").and_then(|a| a.parse::<i64>().ok()) else {
-                return fail(500, "amount must be an integer in minor units".into());
-            };
-            let (min, max) = project.amount_limits(&method);
-            if amount < min || amount > max {
-                return fail(
-                    500,
-                    format!("amount {amount} is outside the limits {min}..={max} (minor units)"),
-                );
-            }
-        }
-        if project.terminal_url.is_none() {
-            return fail(
-                500,
-                "terminal requests are not configured for this project".into(),
-            );
-        }
-        Ok(Checked {
-            project,
-            kind,
-            dialect,
-        })
     }
 
     /// check_deposit: one merchant call per identical body within the window.
@@ -367,6 +269,138 @@ impl Terminal {
         }
     }
 }
+
+/// Parses and checks a terminal request; an `Err` is the gateway's own answer.
+///
+/// Field types are the protocol's (`type`, `currency`, `payment_method` strings;
+/// `customer_id` a string or an integer; `project_id` and `amount` integers), since the
+/// body is forwarded unchanged and the merchant must read what was checked; a body with
+/// a duplicate key is refused for the same reason (see `callback::Rejection`).
+fn check(
+    canon: &mut Canonicalizer,
+    body: &[u8],
+    projects: &Projects,
+    fallback: bool,
+) -> Result<Checked, Refusal> {
+    let refuse = |reason: String| Refusal {
+        dialect: Dialect::Kassa24,
+        project: None,
+        kind: Kind::Unknown,
+        code: 500,
+        reason,
+    };
+    canon.load(body).map_err(|e| refuse(e.to_string()))?;
+    if let Some(key) = canon.duplicate_key() {
+        return Err(refuse(format!(
+            "duplicate key {}",
+            String::from_utf8_lossy(key)
+        )));
+    }
+    let string = |name: &[u8]| match canon.get_typed(name) {
+        Some((Scalar::String, v)) => std::str::from_utf8(v).ok(),
+        _ => None,
+    };
+    let kind = match string(b"type") {
+        Some("verify") => Kind::Verify,
+        Some("check_deposit") => Kind::CheckDeposit,
+        _ => Kind::Unknown,
+    };
+    let project_id = canon.get_typed(b"project_id");
+    let project = match project_id {
+        Some((Scalar::Integer, id)) => projects.by_text(id).cloned(),
+        _ => None,
+    };
+    // check_deposit names its method; verify speaks the project's.
+    let dialect = Dialect::of(
+        string(b"payment_method").or(project.as_ref().and_then(|p| p.method.as_deref())),
+    );
+    let fail = |code: u16, reason: String| {
+        Err(Refusal {
+            dialect,
+            project: project.as_ref().map(|p| p.id),
+            kind,
+            code,
+            reason,
+        })
+    };
+    if kind == Kind::Unknown {
+        return fail(500, "type must be verify or check_deposit".into());
+    }
+    let Some(project) = project.clone() else {
+        return match project_id {
+            None if !canon.has_children(b"project_id") => {
+                fail(500, "missing field project_id".into())
+            }
+            Some((Scalar::Integer, id)) => fail(
+                500,
+                format!("unknown project {}", String::from_utf8_lossy(id)),
+            ),
+            _ => fail(500, "project_id must be an integer".into()),
+        };
+    };
+    match signature::verify_loaded(canon, &project.secrets, fallback) {
+        Ok(_) => {}
+        Err(signature::VerifyError::Mismatch) => {
+            return fail(400, "Signature is invalid".into());
+        }
+        Err(e) => return fail(400, e.to_string()),
+    }
+    // The fields are read again: the signature check needed the parser.
+    let required: &[(&str, &[Scalar], &str)] = match kind {
+        Kind::Verify => &[("customer_id", ID, "a string or an integer")],
+        _ => &[
+            ("customer_id", ID, "a string or an integer"),
+            ("amount", &[Scalar::Integer], "an integer in minor units"),
+            ("currency", &[Scalar::String], "a string"),
+            ("payment_method", &[Scalar::String], "a string"),
+        ],
+    };
+    for &(field, types, expected) in required {
+        match canon.get_typed(field.as_bytes()) {
+            Some((_, [])) => return fail(500, format!("missing field {field}")),
+            Some((scalar, _)) if types.contains(&scalar) => {}
+            None if !canon.has_children(field.as_bytes()) => {
+                return fail(500, format!("missing field {field}"));
+            }
+            _ => return fail(500, format!("{field} must be {expected}")),
+        }
+    }
+    if kind == Kind::CheckDeposit {
+        let text = |name: &[u8]| canon.get(name).map(String::from_utf8_lossy);
+        let currency = text(b"currency").unwrap_or_default();
+        if currency != "KZT" {
+            return fail(500, format!("currency must be KZT, not {currency}"));
+        }
+        let method = text(b"payment_method").unwrap_or_default();
+        if !crate::config::TERMINAL_METHODS.contains(&method.as_ref()) {
+            return fail(500, format!("unsupported payment_method {method}"));
+        }
+        let Some(amount) = text(b"amount").and_then(|a| a.parse::<i64>().ok()) else {
+            return fail(500, "amount must be an integer in minor units".into());
+        };
+        let (min, max) = project.amount_limits(&method);
+        if amount < min || amount > max {
+            return fail(
+                500,
+                format!("amount {amount} is outside the limits {min}..={max} (minor units)"),
+            );
+        }
+    }
+    if project.terminal_url.is_none() {
+        return fail(
+            500,
+            "terminal requests are not configured for this project".into(),
+        );
+    }
+    Ok(Checked {
+        project,
+        kind,
+        dialect,
+    })
+}
+
+/// Account ids: kiosks send what the customer typed, as a string or as digits.
+const ID: &[Scalar] = &[Scalar::String, Scalar::Integer];
 
 /// The fields of a merchant answer that the protocol checks; the rest passes through.
 #[derive(Deserialize)]
