@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::endpoint::{Endpoint, Reply};
+use crate::endpoint::{Endpoint, Gate, Reply};
 use crate::support::{Gateway, TestTls, free_addr, signed_for};
 
 const SECRET: &str = "test-secret";
@@ -103,8 +103,9 @@ fn fan_out_gives_each_endpoint_exactly_what_its_filters_match() {
     assert!(all.wait_delivered(6, LONG), "{}", g.log());
     assert!(mobile.wait_delivered(3, LONG));
     assert!(success.wait_delivered(3, LONG));
-    // Nothing more arrives: each got exactly its own, bytes unchanged.
-    std::thread::sleep(Duration::from_millis(300));
+    // Nothing more arrives (nothing is pending anywhere): each got exactly its own,
+    // bytes unchanged.
+    g.wait_idle(LONG);
     assert_eq!(sorted(all.delivered()), sorted(bodies.clone()));
     assert_eq!(sorted(mobile.delivered()), sorted(want_mobile));
     assert_eq!(sorted(success.delivered()), sorted(want_success));
@@ -145,7 +146,8 @@ fn a_flaky_endpoint_gets_everything_in_the_end() {
     let flaky = Endpoint::start(|n, _| match n % 6 {
         0 => Reply::Status(500),
         1 => Reply::Close,
-        2 => Reply::Hang(Duration::from_millis(600)),
+        // Far beyond the 300 ms timeout: the gateway gives up first however slow it runs.
+        2 => Reply::Hang(Duration::from_secs(5)),
         3 => Reply::Slow(Duration::from_millis(100), 204),
         4 => Reply::Last(200),
         _ => Reply::Status(200),
@@ -300,7 +302,7 @@ max_queued = 3"#,
         (200, r#"{"endpoint":"77/gone","replayed":1}"#)
     );
     assert!(back.wait_delivered(1, LONG), "{}", g.log());
-    std::thread::sleep(Duration::from_millis(200));
+    g.wait_idle(LONG);
     assert_eq!(back.delivered(), vec![bodies[0].clone()]);
     assert_eq!(list(&g).len(), 9);
     // Delivered everywhere: the event is gone from the journal.
@@ -313,7 +315,29 @@ max_queued = 3"#,
         (status, text.as_str()),
         (200, r#"{"endpoint":"77/gone","replayed":9}"#)
     );
-    std::thread::sleep(Duration::from_millis(300));
+    // The worker holds all nine (read back from the store) and starts none of them.
+    let started = std::time::Instant::now();
+    loop {
+        let (_, text) = g.admin_get("/admin/endpoints");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let gone = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["endpoint"] == "77/gone")
+            .cloned()
+            .unwrap();
+        assert_eq!(gone["paused"], true, "{gone}");
+        assert_eq!(gone["in_flight"], 0, "a paused endpoint sent: {gone}");
+        if gone["in_memory"] == 9 {
+            break;
+        }
+        assert!(
+            started.elapsed() < LONG,
+            "replayed letters not read back: {gone}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(back.delivered().len(), 1, "a paused endpoint got requests");
     assert_eq!(g.admin_post("/admin/endpoints/77/gone/resume").0, 200);
     assert!(back.wait_delivered(10, LONG), "{}", g.log());
@@ -415,8 +439,21 @@ fn order_per_payment_holds_while_another_payments_event_retries() {
 
 #[test]
 fn sigkill_during_delivery_delivers_every_event_after_restart() {
-    let slow = |_, _: &[u8]| Reply::Slow(Duration::from_millis(5), 200);
-    let (a, b) = (Endpoint::start(slow), Endpoint::start(slow));
+    // Each endpoint answers its first requests, then holds the rest until the test
+    // opens the gate after the kill: the kill always lands mid-delivery, however fast
+    // or slow the machine (it used to race a 5 ms answer against the posting loop).
+    let gate = Gate::default();
+    let held = |after: usize| {
+        let gate = gate.clone();
+        move |n: usize, _: &[u8]| {
+            if n < after {
+                Reply::Status(200)
+            } else {
+                Reply::Block(gate.clone(), 200)
+            }
+        }
+    };
+    let (a, b) = (Endpoint::start(held(30)), Endpoint::start(held(15)));
     let mut g = Gateway::start(&config(
         &format!("{FAST}\nmax_in_flight = 4"),
         &[
@@ -434,17 +471,21 @@ fn sigkill_during_delivery_delivers_every_event_after_restart() {
     for body in &bodies {
         accept(&g, body);
     }
-    assert!(a.wait_delivered(30, LONG), "{}", g.log());
+    // Both endpoints have answered their first requests and hold one more each.
+    assert!(
+        a.wait_arrived(31, LONG) && b.wait_arrived(16, LONG),
+        "{}",
+        g.log()
+    );
     g.kill();
     let before = (a.delivered().len(), b.delivered().len());
-    assert!(
-        before.0 < total as usize,
-        "the kill came too late to test anything"
-    );
+    assert_eq!(before, (30, 15), "answers after the gate closed");
+    // The held requests see their peer gone: recorded as not answered.
+    gate.open();
     g.spawn();
     assert!(a.wait_delivered(total as usize, LONG), "{}", g.log());
     assert!(b.wait_delivered(total as usize / 2, LONG), "{}", g.log());
-    std::thread::sleep(Duration::from_millis(300));
+    g.wait_idle(LONG);
 
     for (name, ep, want) in [("a", &a, total as usize), ("b", &b, total as usize / 2)] {
         let got = ep.delivered();

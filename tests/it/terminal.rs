@@ -46,6 +46,11 @@ impl Merchant {
     fn count(&self, body: &[u8]) -> usize {
         self.seen.lock().unwrap().get(body).copied().unwrap_or(0)
     }
+
+    /// Every request the merchant read, by body.
+    pub fn seen(&self) -> HashMap<Vec<u8>, usize> {
+        self.seen.lock().unwrap().clone()
+    }
 }
 
 fn serve(
@@ -351,9 +356,13 @@ fn a_slow_merchant_gets_code_500_before_the_budget() {
     let budget = Duration::from_millis(500);
     let g = gateway(&merchant, "500ms");
     for (project, request) in verify_and_deposit("acct-slow") {
+        let body = signed_for(project, &request.to_string(), SECRET);
+        let mut conn = crate::support::Conn::open(g.addr).unwrap();
         let started = Instant::now();
-        let answer = ask(&g, project, &request);
+        let (status, answer) = conn.post("/terminal", &body).unwrap();
         let took = started.elapsed();
+        assert_eq!(status, 200);
+        let answer: Value = serde_json::from_str(&answer).unwrap();
         assert!(took < budget, "answered after {took:?}");
         assert!(took > budget / 2, "gave up too early: {took:?}");
         assert_eq!(answer["code"], 500);
@@ -398,11 +407,29 @@ fn a_merchant_closing_its_connections_after_each_answer_loses_no_deposit() {
         assert_eq!(answer["code"], 0, "{answer}\n{}", g.log());
         assert_eq!(merchant.count(&body), 1);
         ids.push(answer["payment_id"].clone());
-        // Time for the gateway to see the merchant's hang-up on the idle connection.
-        std::thread::sleep(Duration::from_millis(100));
+        // The gateway has seen the merchant's hang-up once its end of the connection
+        // is closed too (no socket to the merchant left half-closed).
+        let started = Instant::now();
+        while half_closed_to(merchant.addr.port()) {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the gateway never closed its end"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
     ids.dedup();
     assert_eq!(ids.len(), 3, "{ids:?}");
+}
+
+/// Whether a local socket to `port` is in CLOSE_WAIT: its peer closed and it has not.
+fn half_closed_to(port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let remote = format!(":{port:04X}");
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.len() > 3 && fields[2].ends_with(&remote) && fields[3] == "08"
+    })
 }
 
 #[test]
