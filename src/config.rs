@@ -134,10 +134,18 @@ pub struct Delivery {
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
     pub max_in_flight: usize,
-    /// Consecutive failures that open an endpoint's circuit.
+    /// Failures within `breaker_window` that can open an endpoint's circuit, at the
+    /// least (before the failure rate: in a row).
     pub breaker_failures: u32,
+    /// How long an open circuit sends nothing; then one probe, and a ramp.
     #[serde(deserialize_with = "duration")]
     pub breaker_cooldown: Duration,
+    /// Share of failed attempts within `breaker_window` that opens the circuit...
+    pub breaker_failure_rate: f64,
+    /// ...once the window holds this many attempts.
+    pub breaker_min_attempts: u32,
+    #[serde(deserialize_with = "duration")]
+    pub breaker_window: Duration,
     /// Deliveries one endpoint holds in memory; a larger backlog stays in the journal
     /// and is read back as the endpoint catches up.
     pub max_queued: usize,
@@ -157,6 +165,9 @@ impl Default for Delivery {
             max_in_flight: 64,
             breaker_failures: 5,
             breaker_cooldown: s(30),
+            breaker_failure_rate: 0.8,
+            breaker_min_attempts: 20,
+            breaker_window: s(30),
             max_queued: 10_000,
             ca_file: None,
         }
@@ -480,6 +491,21 @@ impl Config {
         if d.max_queued == 0 {
             out.push("delivery.max_queued: must be at least 1".into());
         }
+        if d.breaker_failures == 0 || d.breaker_min_attempts == 0 {
+            out.push(
+                "delivery.breaker_failures and delivery.breaker_min_attempts: must be at least 1"
+                    .into(),
+            );
+        }
+        if !(d.breaker_failure_rate > 0.0 && d.breaker_failure_rate <= 1.0) {
+            out.push(format!(
+                "delivery.breaker_failure_rate: {} is not in (0, 1] (a share: 0.8 = 80%)",
+                d.breaker_failure_rate
+            ));
+        }
+        if d.breaker_window < Duration::from_secs(1) {
+            out.push("delivery.breaker_window: must be at least 1s".into());
+        }
         for (key, ca_file) in [
             ("delivery.ca_file", &d.ca_file),
             ("terminal.ca_file", &self.terminal.ca_file),
@@ -634,6 +660,10 @@ mod tests {
             tls_cert = "/nonexistent/cbgate.pem"
             [storage]
             cache_bytes = 4096
+            [delivery]
+            breaker_failure_rate = 1.5
+            breaker_window = "100ms"
+            breaker_min_attempts = 0
             [[projects]]
             id = 1
             secrets = ["env:CBGATE_TEST_SURELY_UNSET"]
@@ -654,6 +684,9 @@ mod tests {
             "at least one secret",
             "storage.cache_bytes: 4096 is less than 1 MiB",
             "server.tls_cert and server.tls_key: set both or neither",
+            "delivery.breaker_failure_rate: 1.5 is not in (0, 1]",
+            "delivery.breaker_window: must be at least 1s",
+            "delivery.breaker_failures and delivery.breaker_min_attempts: must be at least 1",
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }

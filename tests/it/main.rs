@@ -1,4 +1,5 @@
 //! cbgate's integration tests: the real binary and servers on 127.0.0.1, real HTTP.
+mod breaker;
 mod cli;
 mod delivery;
 mod endpoint;
