@@ -375,6 +375,10 @@ impl fmt::Display for Problems {
 
 impl std::error::Error for Problems {}
 
+/// The largest `server.max_body_bytes`: platform messages are a few KiB, and the
+/// canonicaliser's offsets are 32-bit (its string is bounded at 8x the body).
+pub const MAX_BODY_BYTES: usize = 16 << 20;
+
 /// Terminal budgets outside this range are refused: below it no merchant can answer,
 /// above it the platform has long given up.
 pub const BUDGET_RANGE: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(30));
@@ -420,9 +424,9 @@ impl Config {
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
         let s = &self.server;
-        if s.max_body_bytes < 256 {
+        if s.max_body_bytes < 256 || s.max_body_bytes > MAX_BODY_BYTES {
             out.push(format!(
-                "server.max_body_bytes: {} is too small (at least 256)",
+                "server.max_body_bytes: {} is out of range 256..={MAX_BODY_BYTES}",
                 s.max_body_bytes
             ));
         }
