@@ -2,6 +2,7 @@
 //! checked (signature, fields, KZT, amount limits), forwarded unchanged to the
 //! merchant's `terminal_url`, and answered in the method's dialect before the budget.
 
+pub mod answer;
 pub mod dialect;
 pub mod recent;
 
@@ -10,10 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::{Response, StatusCode};
-use serde::Deserialize;
-use serde::de::IgnoredAny;
 use serde_json::Value;
-use serde_json::error::Category;
 
 use crate::http::{Body, json};
 use crate::metrics as m;
@@ -21,6 +19,7 @@ use crate::outbound::{self, pool::Failure, pool::Pool};
 use crate::projects::{Project, Projects};
 use crate::signature::{self, Canonicalizer, Scalar};
 use crate::verifier::with_canonicalizer;
+use answer::{relay, validate};
 use dialect::Dialect;
 use recent::Recent;
 
@@ -36,7 +35,7 @@ const MAX_ANSWER: usize = 16 * 1024;
 
 /// What a check was about, for answers, metrics and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Kind {
+pub(crate) enum Kind {
     Verify,
     CheckDeposit,
     Unknown,
@@ -70,13 +69,13 @@ struct Refusal {
 
 /// A finished answer: the JSON and the protocol code in it.
 #[derive(Clone)]
-struct Answer {
-    code: u16,
-    body: Bytes,
+pub(crate) struct Answer {
+    pub(crate) code: u16,
+    pub(crate) body: Bytes,
 }
 
 impl Answer {
-    fn new(value: Value) -> Answer {
+    pub(crate) fn new(value: Value) -> Answer {
         let code = value.get("code").and_then(Value::as_u64).unwrap_or(500) as u16;
         Answer {
             code,
@@ -399,177 +398,15 @@ fn check(
     })
 }
 
+/// `check` for the fuzz target: refusals and acceptances alike are fine, panics not.
+#[doc(hidden)]
+pub fn fuzz_check(canon: &mut Canonicalizer, body: &[u8], projects: &Projects) {
+    let _ = check(canon, body, projects, true);
+}
+
 /// Account ids: kiosks send what the customer typed, as a string or as digits.
 const ID: &[Scalar] = &[Scalar::String, Scalar::Integer];
 
-/// The fields of a merchant answer that the protocol checks; the rest passes through.
-#[derive(Deserialize)]
-struct Fields {
-    code: Option<Value>,
-    currency: Option<Value>,
-    payment_id: Option<Value>,
-    message: Option<IgnoredAny>,
-    error_description: Option<IgnoredAny>,
-}
-
-/// `Fields` read from a JSON object only: serde's derived struct also accepts a
-/// sequence (`[404, null, null, "x"]` fills the fields by position), which the
-/// protocol does not allow and which would be relayed to the kiosk as an array.
-struct AnswerFields(Fields);
-
-impl<'de> Deserialize<'de> for AnswerFields {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct ObjectOnly;
-        impl<'de> serde::de::Visitor<'de> for ObjectOnly {
-            type Value = AnswerFields;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                map: A,
-            ) -> Result<AnswerFields, A::Error> {
-                Fields::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-                    .map(AnswerFields)
-            }
-        }
-        d.deserialize_map(ObjectOnly)
-    }
-}
-
-/// A merchant answer that passed: its code, and where it gives a reason.
-struct Valid {
-    code: u16,
-    message: bool,
-    error_description: bool,
-}
-
-/// Checks a merchant answer against the protocol without building it as a tree: a
-/// valid answer is relayed as the merchant wrote it.
-fn validate(kind: Kind, bytes: &[u8]) -> Result<Valid, String> {
-    // The whole answer is UTF-8, not only the fields read: it may be relayed as written.
-    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_string())?;
-    let AnswerFields(answer) = serde_json::from_str(text).map_err(|e| match e.classify() {
-        Category::Data if bytes.trim_ascii_start().starts_with(b"{") => e.to_string(),
-        Category::Data => "not a JSON object".to_string(),
-        _ => "not JSON".to_string(),
-    })?;
-    let code = answer
-        .code
-        .as_ref()
-        .and_then(Value::as_u64)
-        .ok_or("no integer code")?;
-    if ![0, 400, 404, 500].contains(&code) {
-        return Err(format!("code {code} is not one of 0, 400, 404, 500"));
-    }
-    let present = |f: &Option<Value>| match f {
-        Some(Value::String(s)) => !s.is_empty(),
-        Some(Value::Number(_)) => true,
-        _ => false,
-    };
-    if code == 0 && kind == Kind::Verify && !present(&answer.currency) {
-        return Err("verify success without currency".into());
-    }
-    if code == 0 && kind == Kind::CheckDeposit && !present(&answer.payment_id) {
-        return Err("check_deposit success without payment_id".into());
-    }
-    Ok(Valid {
-        code: code as u16,
-        message: answer.message.is_some(),
-        error_description: answer.error_description.is_some(),
-    })
-}
-
-/// The merchant's answer in `dialect`: as it came, unless its reason is in the other
-/// dialect's field. An `Err` is a reason to call the answer malformed (not expected
-/// after `validate`, but merchant bytes never reach a panic).
-fn relay(dialect: Dialect, valid: Valid, bytes: Bytes) -> Result<Answer, String> {
-    if !dialect.foreign(valid.message, valid.error_description) {
-        return Ok(Answer {
-            code: valid.code,
-            body: bytes,
-        });
-    }
-    let answer: serde_json::Map<String, Value> =
-        serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
-    Ok(Answer::new(dialect.translate(answer)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn merchant_answers_are_checked() {
-        assert!(validate(Kind::Verify, br#"{"code":0,"currency":"KZT"}"#).is_ok());
-        assert!(validate(Kind::Verify, br#"{"code":0}"#).is_err());
-        assert!(validate(Kind::CheckDeposit, br#"{"code":0,"payment_id":"p"}"#).is_ok());
-        assert!(validate(Kind::CheckDeposit, br#"{"code":0,"payment_id":""}"#).is_err());
-        assert!(validate(Kind::Verify, br#"{"code":404,"message":"no"}"#).is_ok());
-        assert!(validate(Kind::Verify, br#"{"code":200}"#).is_err());
-        assert!(validate(Kind::Verify, br#"{"code":"0","currency":"KZT"}"#).is_err());
-        assert!(validate(Kind::Verify, b"<html>").is_err_and(|e| e == "not JSON"));
-        assert!(validate(Kind::Verify, b"[0]").is_err_and(|e| e == "not a JSON object"));
-        // Two codes: which one the platform would read is unknowable.
-        assert!(validate(Kind::Verify, br#"{"code":0,"code":500,"currency":"KZT"}"#).is_err());
-        assert!(
-            validate(
-                Kind::Verify,
-                b"{\"code\":0,\"currency\":\"KZT\",\"x\":\"\xff\"}"
-            )
-            .is_err_and(|e| e == "not UTF-8")
-        );
-    }
-
-    /// Issue 16: a derived struct also reads a JSON array by position, so
-    /// `[404, null, null, "x", null]` passed and panicked in `relay`, and
-    /// `[0, "KZT", null, null, null]` reached the kiosk as an array.
-    #[test]
-    fn an_answer_that_is_a_json_array_is_malformed_in_every_dialect() {
-        for raw in [
-            &br#"[404, null, null, "x", null]"#[..],
-            br#"[0, "KZT", null, null, null]"#,
-            br#"[0, "KZT", "p1", null, null]"#,
-            br#"  [500]"#,
-        ] {
-            for kind in [Kind::Verify, Kind::CheckDeposit] {
-                assert_eq!(
-                    validate(kind, raw).err().as_deref(),
-                    Some("not a JSON object"),
-                    "{}",
-                    String::from_utf8_lossy(raw)
-                );
-            }
-        }
-        // relay never panics, whatever it is given.
-        for dialect in [Dialect::Kassa24, Dialect::PayDala] {
-            let valid = Valid {
-                code: 404,
-                message: dialect == Dialect::Kassa24,
-                error_description: dialect == Dialect::PayDala,
-            };
-            let raw = Bytes::from_static(br#"[404, null, null, "x", null]"#);
-            assert!(relay(dialect, valid, raw).is_err());
-        }
-    }
-
-    #[test]
-    fn a_valid_answer_is_relayed_as_written_unless_it_speaks_the_other_dialect() {
-        let relayed = |dialect, raw: &'static [u8]| {
-            let valid = validate(Kind::Verify, raw).unwrap();
-            relay(dialect, valid, Bytes::from_static(raw)).unwrap()
-        };
-        let raw = br#"{ "code": 0, "currency": "KZT", "additional_customer_id": "HFVDW42345" }"#;
-        let answer = relayed(Dialect::PayDala, raw);
-        assert_eq!((answer.code, &answer.body[..]), (0, &raw[..]));
-        let answer = relayed(
-            Dialect::PayDala,
-            br#"{"code":404,"error_description":"gone"}"#,
-        );
-        let value: Value = serde_json::from_slice(&answer.body).unwrap();
-        assert_eq!(
-            (answer.code, value),
-            (404, serde_json::json!({"code": 404, "message": "gone"}))
-        );
-    }
-}
+/// `answer::validate` and `answer::relay` for the fuzz target.
+#[doc(hidden)]
+pub use answer::fuzz_answer;
