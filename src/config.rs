@@ -313,8 +313,7 @@ impl SecretRef {
         let value = match self {
             SecretRef::Env(name) => std::env::var(name)
                 .map_err(|_| format!("environment variable {name} is not set"))?,
-            SecretRef::File(path) => std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?
+            SecretRef::File(path) => read_secret_file(path)?
                 .trim_end_matches(['\r', '\n'])
                 .to_string(),
             SecretRef::Literal(value) => value.clone(),
@@ -324,6 +323,28 @@ impl SecretRef {
         }
         Ok(value)
     }
+}
+
+/// Secret files larger than this are refused: a secret is a line, and a path such as
+/// `/dev/zero` must not be read without end.
+pub const MAX_SECRET_FILE: u64 = 64 * 1024;
+
+fn read_secret_file(path: &Path) -> Result<String, String> {
+    use std::io::Read as _;
+    let cannot = |e: &dyn fmt::Display| format!("cannot read secret file {}: {e}", path.display());
+    let file = std::fs::File::open(path).map_err(|e| cannot(&e))?;
+    let meta = file.metadata().map_err(|e| cannot(&e))?;
+    if !meta.is_file() {
+        return Err(cannot(&"not a regular file"));
+    }
+    let mut text = String::new();
+    file.take(MAX_SECRET_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| cannot(&e))?;
+    if text.len() as u64 > MAX_SECRET_FILE {
+        return Err(cannot(&format_args!("larger than {MAX_SECRET_FILE} bytes")));
+    }
+    Ok(text)
 }
 
 impl<'de> Deserialize<'de> for SecretRef {
@@ -717,6 +738,22 @@ mod tests {
             text.contains("terminal.ca_file: cannot read certificates from"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_secret_file_must_be_a_small_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("secret");
+        std::fs::write(&good, "s3cret\n").unwrap();
+        assert_eq!(SecretRef::File(good).resolve().unwrap(), "s3cret");
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'x'; MAX_SECRET_FILE as usize + 1]).unwrap();
+        let err = SecretRef::File(big).resolve().unwrap_err();
+        assert!(err.contains("larger than 65536 bytes"), "{err}");
+        let err = SecretRef::File("/dev/zero".into()).resolve().unwrap_err();
+        assert!(err.contains("not a regular file"), "{err}");
+        let err = SecretRef::File(dir.path().into()).resolve().unwrap_err();
+        assert!(err.contains("not a regular file"), "{err}");
     }
 
     #[test]

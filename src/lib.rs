@@ -24,6 +24,8 @@ pub mod cli;
 pub mod config;
 pub mod dedup;
 pub mod delivery;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod ingress;
 pub mod journal;
