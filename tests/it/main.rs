@@ -3,6 +3,8 @@ mod breaker;
 mod cli;
 mod delivery;
 mod endpoint;
+mod faults;
+mod hostile;
 mod ingest;
 mod k6;
 mod lifecycle;
