@@ -315,7 +315,8 @@ max_queued = 3"#,
         (status, text.as_str()),
         (200, r#"{"endpoint":"77/gone","replayed":9}"#)
     );
-    // The worker holds all nine (read back from the store) and starts none of them.
+    // The worker has read the replayed letters back from the store (as many as its
+    // queue holds) and starts none of them.
     let started = std::time::Instant::now();
     loop {
         let (_, text) = g.admin_get("/admin/endpoints");
@@ -329,7 +330,8 @@ max_queued = 3"#,
             .unwrap();
         assert_eq!(gone["paused"], true, "{gone}");
         assert_eq!(gone["in_flight"], 0, "a paused endpoint sent: {gone}");
-        if gone["in_memory"] == 9 {
+        // The queue holds max_queued (3): the rest wait in the store.
+        if gone["in_memory"] == 3 {
             break;
         }
         assert!(
