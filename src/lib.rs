@@ -7,11 +7,13 @@
 //!   current-thread runtime per HTTP thread; `ingress`: `/callbacks`, `/terminal`; `admin`.
 //! - `verifier`: where signature checks run; `callback`: the verified callback.
 //! - `dedup`, `journal`: durable keys and the group-committed redb journal.
-//! - `terminal`: verify/check_deposit under a budget; `webhook`: outbound signatures;
+//! - `terminal`: verify/check_deposit under a budget (`terminal::answer` checks the
+//!   merchant's answer); `webhook`: outbound signatures;
 //!   `outbound`: the HTTP(S) client terminal and delivery use to reach merchants.
 //! - `delivery`: fan-out to merchant endpoints, retries, breaker, dead letters.
 //! - `app`: start and shutdown order; `cli`: the subcommands; `simulate`: the
-//!   platform's side, for load and acceptance runs.
+//!   platform's side, for load and acceptance runs; `fuzzing`: the entry points of
+//!   the cargo-fuzz targets in `fuzz/` (hidden from the docs).
 //!
 //! Life of a callback: `http` reads the body into one `Bytes` → `verifier` runs
 //! `callback::verify` (parse once, project, signature, dedup key, routes) →

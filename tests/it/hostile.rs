@@ -609,6 +609,18 @@ fn hostile_bodies_get_defined_answers_and_never_reach_the_journal() {
     );
     a.accepted.push(plain);
 
+    // Extra fields, at the top and nested, are the platform's to add: a signed
+    // callback with them is accepted and forwarded byte for byte.
+    let mut extra = callback(888_889);
+    extra["new_top_level"] = json!({"a": [1, 2.5, null, true]});
+    extra["operation"]["provider"] = json!({"id": 17, "auth_code": "X1"});
+    let extra = sign(&extra);
+    assert_eq!(
+        a.g.post("/callbacks", &extra),
+        (200, r#"{"status":"accepted"}"#.into())
+    );
+    a.accepted.push(extra);
+
     // Terminal requests: every field wrong, missing, or extra.
     let verify = json!({"type": "verify", "project_id": PROJECT, "customer_id": "acct-1"});
     let deposit = json!({"type": "check_deposit", "project_id": PROJECT, "customer_id": "acct-1",
