@@ -22,7 +22,7 @@ fn faults() -> Vec<(&'static str, Reply, &'static str)> {
     let ms = Duration::from_millis;
     vec![
         ("reset", Reply::Close, "io"),
-        // Far past the 300 ms attempt timeout: a timeout whatever the machine's speed.
+        // Far past the 1 s attempt timeout: a timeout whatever the machine's speed.
         ("hang", Reply::Hang(Duration::from_secs(5)), "timeout"),
         ("redirect", Reply::Redirect(302), "http_other"),
         ("gone", Reply::Status(410), "http_4xx"),
@@ -82,7 +82,7 @@ fn every_merchant_fault_gets_its_class_and_nothing_is_lost() {
         .collect();
     let mut config = format!(
         "[delivery]\nschedule = [\"0s\", \"50ms\", \"100ms\"]\nrepeat_every = \"100ms\"\n\
-         timeout = \"300ms\"\nconnect_timeout = \"300ms\"\n\n\
+         timeout = \"1s\"\nconnect_timeout = \"1s\"\n\n\
          [[projects]]\nid = {PROJECT}\nsecrets = [\"{SECRET}\"]\n"
     );
     for (name, e, _) in &endpoints {
