@@ -130,6 +130,31 @@ fn bench(c: &mut Criterion) {
     g.bench_function("verify_terminal_request", |b| {
         b.iter(|| signature::verify(&mut canon, black_box(&kiosk), &secrets, true).unwrap())
     });
+    // Timing of a refusal: a forged signature that differs from the right one in its
+    // first byte against one that differs in its last (issue 16). The tag compare is
+    // ring's constant-time one, so both should cost the same (the fallback orders run
+    // in both, as for any wrong signature).
+    let good: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let real = good["signature"].as_str().unwrap().to_string();
+    let forged = |at: usize| {
+        let mut sig = real.clone().into_bytes();
+        sig[at] = if sig[at] == b'A' { b'B' } else { b'A' };
+        let mut v = good.clone();
+        v["signature"] = serde_json::Value::String(String::from_utf8(sig).unwrap());
+        serde_json::to_vec_pretty(&v).unwrap()
+    };
+    // 64 bytes are 86 base64 characters and "==": 85 is the last that carries bits.
+    let (first, last) = (forged(0), forged(85));
+    assert_eq!(first.len(), last.len());
+    for bad in [&first, &last] {
+        assert!(signature::verify(&mut canon, bad, &secrets, true).is_err());
+    }
+    g.bench_function("refuse_first_byte_differs", |b| {
+        b.iter(|| signature::verify(&mut canon, black_box(&first), &secrets, true).unwrap_err())
+    });
+    g.bench_function("refuse_last_byte_differs", |b| {
+        b.iter(|| signature::verify(&mut canon, black_box(&last), &secrets, true).unwrap_err())
+    });
     g.finish();
 }
 

@@ -175,10 +175,18 @@ pub struct Delivery {
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
     pub max_in_flight: usize,
-    /// Consecutive failures that open an endpoint's circuit.
+    /// Failures within `breaker_window` that can open an endpoint's circuit, at the
+    /// least (before the failure rate: in a row).
     pub breaker_failures: u32,
+    /// How long an open circuit sends nothing; then one probe, and a ramp.
     #[serde(deserialize_with = "duration")]
     pub breaker_cooldown: Duration,
+    /// Share of failed attempts within `breaker_window` that opens the circuit...
+    pub breaker_failure_rate: f64,
+    /// ...once the window holds this many attempts.
+    pub breaker_min_attempts: u32,
+    #[serde(deserialize_with = "duration")]
+    pub breaker_window: Duration,
     /// Deliveries one endpoint holds in memory; a larger backlog stays in the journal
     /// and is read back as the endpoint catches up.
     pub max_queued: usize,
@@ -198,6 +206,9 @@ impl Default for Delivery {
             max_in_flight: 64,
             breaker_failures: 5,
             breaker_cooldown: s(30),
+            breaker_failure_rate: 0.8,
+            breaker_min_attempts: 20,
+            breaker_window: s(30),
             max_queued: 10_000,
             ca_file: None,
         }
@@ -343,8 +354,7 @@ impl SecretRef {
         let value = match self {
             SecretRef::Env(name) => std::env::var(name)
                 .map_err(|_| format!("environment variable {name} is not set"))?,
-            SecretRef::File(path) => std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?
+            SecretRef::File(path) => read_secret_file(path)?
                 .trim_end_matches(['\r', '\n'])
                 .to_string(),
             SecretRef::Literal(value) => value.clone(),
@@ -354,6 +364,28 @@ impl SecretRef {
         }
         Ok(value)
     }
+}
+
+/// Secret files larger than this are refused: a secret is a line, and a path such as
+/// `/dev/zero` must not be read without end.
+pub const MAX_SECRET_FILE: u64 = 64 * 1024;
+
+fn read_secret_file(path: &Path) -> Result<String, String> {
+    use std::io::Read as _;
+    let cannot = |e: &dyn fmt::Display| format!("cannot read secret file {}: {e}", path.display());
+    let file = std::fs::File::open(path).map_err(|e| cannot(&e))?;
+    let meta = file.metadata().map_err(|e| cannot(&e))?;
+    if !meta.is_file() {
+        return Err(cannot(&"not a regular file"));
+    }
+    let mut text = String::new();
+    file.take(MAX_SECRET_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| cannot(&e))?;
+    if text.len() as u64 > MAX_SECRET_FILE {
+        return Err(cannot(&format_args!("larger than {MAX_SECRET_FILE} bytes")));
+    }
+    Ok(text)
 }
 
 impl<'de> Deserialize<'de> for SecretRef {
@@ -425,6 +457,10 @@ impl fmt::Display for Problems {
 
 impl std::error::Error for Problems {}
 
+/// The largest `server.max_body_bytes`: platform messages are a few KiB, and the
+/// canonicaliser's offsets are 32-bit (its string is bounded at 8x the body).
+pub const MAX_BODY_BYTES: usize = 16 << 20;
+
 /// Terminal budgets outside this range are refused: below it no merchant can answer,
 /// above it the platform has long given up.
 pub const BUDGET_RANGE: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(30));
@@ -470,9 +506,9 @@ impl Config {
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
         let s = &self.server;
-        if s.max_body_bytes < 256 {
+        if s.max_body_bytes < 256 || s.max_body_bytes > MAX_BODY_BYTES {
             out.push(format!(
-                "server.max_body_bytes: {} is too small (at least 256)",
+                "server.max_body_bytes: {} is out of range 256..={MAX_BODY_BYTES}",
                 s.max_body_bytes
             ));
         }
@@ -536,6 +572,21 @@ impl Config {
         }
         if d.max_queued == 0 {
             out.push("delivery.max_queued: must be at least 1".into());
+        }
+        if d.breaker_failures == 0 || d.breaker_min_attempts == 0 {
+            out.push(
+                "delivery.breaker_failures and delivery.breaker_min_attempts: must be at least 1"
+                    .into(),
+            );
+        }
+        if !(d.breaker_failure_rate > 0.0 && d.breaker_failure_rate <= 1.0) {
+            out.push(format!(
+                "delivery.breaker_failure_rate: {} is not in (0, 1] (a share: 0.8 = 80%)",
+                d.breaker_failure_rate
+            ));
+        }
+        if d.breaker_window < Duration::from_secs(1) {
+            out.push("delivery.breaker_window: must be at least 1s".into());
         }
         for (key, ca_file) in [
             ("delivery.ca_file", &d.ca_file),
@@ -805,6 +856,10 @@ mod tests {
             tls_cert = "/nonexistent/cbgate.pem"
             [storage]
             cache_bytes = 4096
+            [delivery]
+            breaker_failure_rate = 1.5
+            breaker_window = "100ms"
+            breaker_min_attempts = 0
             [[projects]]
             id = 1
             secrets = ["env:CBGATE_TEST_SURELY_UNSET"]
@@ -825,6 +880,9 @@ mod tests {
             "at least one secret",
             "storage.cache_bytes: 4096 is less than 1 MiB",
             "server.tls_cert and server.tls_key: set both or neither",
+            "delivery.breaker_failure_rate: 1.5 is not in (0, 1]",
+            "delivery.breaker_window: must be at least 1s",
+            "delivery.breaker_failures and delivery.breaker_min_attempts: must be at least 1",
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }
@@ -851,6 +909,22 @@ mod tests {
             text.contains("terminal.ca_file: cannot read certificates from"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_secret_file_must_be_a_small_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("secret");
+        std::fs::write(&good, "s3cret\n").unwrap();
+        assert_eq!(SecretRef::File(good).resolve().unwrap(), "s3cret");
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'x'; MAX_SECRET_FILE as usize + 1]).unwrap();
+        let err = SecretRef::File(big).resolve().unwrap_err();
+        assert!(err.contains("larger than 65536 bytes"), "{err}");
+        let err = SecretRef::File("/dev/zero".into()).resolve().unwrap_err();
+        assert!(err.contains("not a regular file"), "{err}");
+        let err = SecretRef::File(dir.path().into()).resolve().unwrap_err();
+        assert!(err.contains("not a regular file"), "{err}");
     }
 
     #[test]

@@ -49,8 +49,7 @@ struct Shared {
     store: Arc<dyn Store>,
     projects: Arc<ArcSwap<Projects>>,
     policy: Policy,
-    breaker_failures: u32,
-    breaker_cooldown: Duration,
+    breaker: retry::BreakerSettings,
     max_queued: usize,
     client: Arc<crate::outbound::pool::Pool>,
     stop: CancellationToken,
@@ -107,8 +106,7 @@ impl Delivery {
                 repeat_every: config.repeat_every,
                 give_up_after: config.give_up_after,
             },
-            breaker_failures: config.breaker_failures,
-            breaker_cooldown: config.breaker_cooldown,
+            breaker: retry::BreakerSettings::from_config(config),
             max_queued: config.max_queued.max(1),
             client: Arc::new(crate::outbound::pool::Pool::new(
                 crate::outbound::connector(config.connect_timeout, config.ca_file.as_deref())
@@ -157,7 +155,15 @@ impl Delivery {
                 endpoint,
                 from,
                 added,
-            } => self.send(&endpoint, Cmd::Rescan { from, added }),
+                horizon,
+            } => self.send(
+                &endpoint,
+                Cmd::Rescan {
+                    from,
+                    added,
+                    horizon,
+                },
+            ),
             Notice::Pause { endpoint, paused } => self.send(&endpoint, Cmd::Pause(paused)),
             Notice::Release { partitions } => {
                 let partitions: Arc<[u16]> = partitions.into();

@@ -188,10 +188,24 @@ async fn accept_loop(
     }
 }
 
+/// Concurrent streams one HTTP/2 connection may open.
+pub const H2_MAX_STREAMS: u32 = 100;
+/// Bytes of request headers (HPACK-decoded) one HTTP/2 request may carry.
+pub const H2_MAX_HEADER_LIST: u32 = 16 * 1024;
+/// Streams a client may reset before the server accepts them, at once (rapid reset).
+pub const H2_MAX_PENDING_RESETS: usize = 20;
+/// Streams the server may reset for protocol errors before it ends the connection.
+pub const H2_MAX_ERROR_RESETS: usize = 256;
+
 /// The connections of one runtime: hyper's HTTP/1.1 (and HTTP/2) server with the
 /// header-read timeout, behind TLS when configured, watched for a graceful drain.
 struct Connections {
+    /// Plain connections: HTTP/1.1, or HTTP/2 with prior knowledge (sniffed).
     builder: auto::Builder<TokioExecutor>,
+    /// TLS connections, by the protocol ALPN chose: nothing left to sniff.
+    h1_only: auto::Builder<TokioExecutor>,
+    h2_only: auto::Builder<TokioExecutor>,
+    header_read_timeout: Duration,
     graceful: hyper_util::server::graceful::GracefulShutdown,
     tls: Option<TlsAcceptor>,
     /// A TLS handshake gets as long as a client gets for its headers.
@@ -209,9 +223,23 @@ impl Connections {
             // costs less than a two-part writev (BENCHMARKS.md: flat writes).
             .writev(false)
             .keep_alive(true);
-        builder.http2().timer(TokioTimer::new());
+        // HTTP/2 (https only, by ALPN) with its abuse limits stated rather than left to
+        // library defaults: streams per connection, a 16 KiB header list, and reset
+        // floods (CVE-2023-44487) answered with GOAWAY.
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(H2_MAX_STREAMS)
+            .max_header_list_size(H2_MAX_HEADER_LIST)
+            .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+            .max_local_error_reset_streams(H2_MAX_ERROR_RESETS)
+            .keep_alive_interval(limits.header_read_timeout)
+            .keep_alive_timeout(limits.header_read_timeout);
         Connections {
+            h1_only: builder.clone().http1_only(),
+            h2_only: builder.clone().http2_only(),
             builder,
+            header_read_timeout: limits.header_read_timeout,
             graceful: hyper_util::server::graceful::GracefulShutdown::new(),
             tls,
             handshake_timeout: limits.header_read_timeout,
@@ -230,16 +258,33 @@ impl Connections {
             async move { Ok::<_, Infallible>(h(req).await) }
         });
         let (builder, watcher) = (self.builder.clone(), self.graceful.watcher());
+        let (h1_only, h2_only) = (self.h1_only.clone(), self.h2_only.clone());
         let (tls, handshake_timeout) = (self.tls.clone(), self.handshake_timeout);
+        let first_byte = self.header_read_timeout;
         tokio::spawn(async move {
             match tls {
                 None => {
+                    // The version sniff reads with no timeout of its own, and hyper's
+                    // header timeout starts only after it: a client that never sends
+                    // a byte would hold its slot under the cap forever.
+                    if tokio::time::timeout(first_byte, stream.readable())
+                        .await
+                        .is_err()
+                    {
+                        metrics::counter!(m::IDLE_CONNECTIONS_CLOSED_TOTAL).increment(1);
+                        drop(held);
+                        return;
+                    }
                     let conn = builder.serve_connection(TokioIo::new(stream), service);
                     let _ = watcher.watch(conn.into_owned()).await;
                 }
                 Some(tls) => {
                     match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
                         Ok(Ok(stream)) => {
+                            let builder = match stream.get_ref().1.alpn_protocol() {
+                                Some(b"h2") => h2_only,
+                                _ => h1_only,
+                            };
                             let conn = builder.serve_connection(TokioIo::new(stream), service);
                             let _ = watcher.watch(conn.into_owned()).await;
                         }

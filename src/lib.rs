@@ -10,11 +10,13 @@
 //!   deliveries: due, settle, dead letters, replay) and its engines: `store::embedded`
 //!   (one node, a group-committed redb journal) and `store::jetstream` (several nodes
 //!   on a NATS JetStream cluster); `dedup`: the set of durable keys; `clock`.
-//! - `terminal`: verify/check_deposit under a budget; `webhook`: outbound signatures;
+//! - `terminal`: verify/check_deposit under a budget (`terminal::answer` checks the
+//!   merchant's answer); `webhook`: outbound signatures;
 //!   `outbound`: the HTTP(S) client terminal and delivery use to reach merchants.
 //! - `delivery`: fan-out to merchant endpoints, retries, breaker, dead letters.
 //! - `app`: start and shutdown order; `cli`: the subcommands; `simulate`: the
-//!   platform's side, for load and acceptance runs.
+//!   platform's side, for load and acceptance runs; `fuzzing`: the entry points of
+//!   the cargo-fuzz targets in `fuzz/` (hidden from the docs).
 //!
 //! Life of a callback: `http` reads the body into one `Bytes` → `verifier` runs
 //! `callback::verify` (parse once, project, signature, dedup key, routes) →
@@ -29,6 +31,8 @@ pub mod clock;
 pub mod config;
 pub mod dedup;
 pub mod delivery;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod ingress;
 pub mod metrics;

@@ -16,6 +16,8 @@ pub const JOURNAL_QUEUE_DEPTH: &str = "cbgate_journal_queue_depth";
 pub const BACKPRESSURE_TOTAL: &str = "cbgate_backpressure_rejections_total";
 pub const VERIFIER_QUEUE_SECONDS: &str = "cbgate_verifier_queue_seconds";
 pub const CONNECTIONS_REJECTED_TOTAL: &str = "cbgate_connections_rejected_total";
+/// Connections closed because they sent nothing within `header_read_timeout`.
+pub const IDLE_CONNECTIONS_CLOSED_TOTAL: &str = "cbgate_idle_connections_closed_total";
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "cbgate_tls_handshake_failures_total";
 pub const UNROUTED_TOTAL: &str = "cbgate_events_unrouted_total";
 pub const DELIVERY_ATTEMPTS_TOTAL: &str = "cbgate_delivery_attempts_total";

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use ring::hmac;
 
-pub use canonical::{Canonicalizer, DEFAULT_MAX_DEPTH, Order, ParseError, php_float};
+pub use canonical::{Canonicalizer, DEFAULT_MAX_DEPTH, Order, ParseError, Scalar, php_float};
 pub use natural::compare as natural_compare;
 
 /// A project's secrets, newest first; several at once during key rotation.

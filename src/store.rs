@@ -195,6 +195,9 @@ pub enum Notice {
         endpoint: EndpointKey,
         from: u64,
         added: u64,
+        /// The read may take these deliveries once the worker has taken in this
+        /// notice (passed back to `Store::pending`); 0 for ones it may take at once.
+        horizon: u64,
     },
     Pause {
         endpoint: EndpointKey,
@@ -263,12 +266,15 @@ pub trait Store: Send + Sync + 'static {
     /// Resolves once everything settled before the call is durable.
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 
-    /// Up to `limit` pending deliveries of `endpoint` on this node from seq `from` on.
+    /// Up to `limit` pending deliveries of `endpoint` on this node from seq `from` on,
+    /// of those announced by `Notice::Rescan` up to `horizon` (the newest the worker
+    /// has taken in).
     fn pending(
         &self,
         endpoint: EndpointKey,
         from: u64,
         limit: usize,
+        horizon: u64,
     ) -> BoxFuture<'_, Result<PendingPage, StoreError>>;
 
     /// Dead letters of `endpoint` (all endpoints when `None`) after `after`.

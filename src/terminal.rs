@@ -2,6 +2,7 @@
 //! checked (signature, fields, KZT, amount limits), forwarded unchanged to the
 //! merchant's `terminal_url`, and answered in the method's dialect before the budget.
 
+pub mod answer;
 pub mod dialect;
 pub mod recent;
 
@@ -10,18 +11,16 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::{Response, StatusCode};
-use serde::Deserialize;
-use serde::de::IgnoredAny;
 use serde_json::Value;
-use serde_json::error::Category;
 
 use crate::http::{Body, json};
 use crate::metrics as m;
 use crate::outbound::{self, pool::Failure, pool::Pool};
 use crate::projects::{Project, Projects};
-use crate::signature::{self, Canonicalizer};
+use crate::signature::{self, Canonicalizer, Scalar};
 use crate::store::SharedAnswers;
 use crate::verifier::with_canonicalizer;
+use answer::{relay, validate};
 use dialect::Dialect;
 use recent::Recent;
 
@@ -37,7 +36,7 @@ const MAX_ANSWER: usize = 16 * 1024;
 
 /// What a check was about, for answers, metrics and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Kind {
+pub(crate) enum Kind {
     Verify,
     CheckDeposit,
     Unknown,
@@ -71,15 +70,15 @@ struct Refusal {
 
 /// A finished answer: the JSON and the protocol code in it.
 #[derive(Clone)]
-struct Answer {
-    code: u16,
-    body: Bytes,
+pub(crate) struct Answer {
+    pub(crate) code: u16,
+    pub(crate) body: Bytes,
 }
 
 impl Answer {
     /// An answer kept earlier (valid when kept): its code read back from it.
     fn kept(body: Bytes) -> Answer {
-        #[derive(Deserialize)]
+        #[derive(serde::Deserialize)]
         struct Code {
             code: u16,
         }
@@ -87,7 +86,7 @@ impl Answer {
         Answer { code, body }
     }
 
-    fn new(value: Value) -> Answer {
+    pub(crate) fn new(value: Value) -> Answer {
         let code = value.get("code").and_then(Value::as_u64).unwrap_or(500) as u16;
         Answer {
             code,
@@ -168,7 +167,9 @@ impl Terminal {
         max_depth: usize,
     ) -> Response<Body> {
         let started = Instant::now();
-        let checked = with_canonicalizer(max_depth, |canon| self.check(canon, &body, &projects));
+        let checked = with_canonicalizer(max_depth, |canon| {
+            check(canon, &body, &projects, self.fallback)
+        });
         let (answer, project, kind) = match checked {
             Err(r) => (
                 Answer::new(r.dialect.error(r.code, &r.reason)),
@@ -204,106 +205,6 @@ impl Terminal {
             })
             .increment(1);
         json(StatusCode::OK, answer.body)
-    }
-
-    /// Parses and checks the request; an `Err` is the gateway's own answer.
-    fn check(
-        &self,
-        canon: &mut Canonicalizer,
-        body: &[u8],
-        projects: &Projects,
-    ) -> Result<Checked, Refusal> {
-        if let Err(e) = canon.load(body) {
-            return Err(Refusal {
-                dialect: Dialect::Kassa24,
-                project: None,
-                kind: Kind::Unknown,
-                code: 500,
-                reason: e.to_string(),
-            });
-        }
-        let field = |name: &[u8]| canon.get(name).and_then(|v| std::str::from_utf8(v).ok());
-        let kind = match field(b"type") {
-            Some("verify") => Kind::Verify,
-            Some("check_deposit") => Kind::CheckDeposit,
-            _ => Kind::Unknown,
-        };
-        let project_id = canon.get(b"project_id");
-        let project = project_id.and_then(|id| projects.by_text(id).cloned());
-        // check_deposit names its method; verify speaks the project's.
-        let dialect = Dialect::of(
-            field(b"payment_method").or(project.as_ref().and_then(|p| p.method.as_deref())),
-        );
-        let fail = |code: u16, reason: String| {
-            Err(Refusal {
-                dialect,
-                project: project.as_ref().map(|p| p.id),
-                kind,
-                code,
-                reason,
-            })
-        };
-        if kind == Kind::Unknown {
-            return fail(500, "type must be verify or check_deposit".into());
-        }
-        let Some(project) = project.clone() else {
-            return match project_id {
-                None => fail(500, "missing field project_id".into()),
-                Some(id) => fail(
-                    500,
-                    format!("unknown project {}", String::from_utf8_lossy(id)),
-                ),
-            };
-        };
-        match signature::verify_loaded(canon, &project.secrets, self.fallback) {
-            Ok(_) => {}
-            Err(signature::VerifyError::Mismatch) => {
-                return fail(400, "Signature is invalid".into());
-            }
-            Err(e) => return fail(400, e.to_string()),
-        }
-        // The fields are read again: the signature check needed the parser.
-        let text = |name: &[u8]| canon.get(name).map(String::from_utf8_lossy);
-        let required: &[&str] = match kind {
-            Kind::Verify => &["customer_id"],
-            _ => &["customer_id", "amount", "currency", "payment_method"],
-        };
-        for field in required {
-            if text(field.as_bytes()).is_none_or(|v| v.is_empty()) {
-                return fail(500, format!("missing field {field}"));
-            }
-        }
-        if kind == Kind::CheckDeposit {
-            let currency = text(b"currency").unwrap_or_default();
-            if currency != "KZT" {
-                return fail(500, format!("currency must be KZT, not {currency}"));
-            }
-            let method = text(b"payment_method").unwrap_or_default();
-            if !crate::config::TERMINAL_METHODS.contains(&method.as_ref()) {
-                return fail(500, format!("unsupported payment_method {method}"));
-            }
-            let Some(amount) = text(b"amount").and_then(|a| a.parse::<i64>().ok()) else {
-                return fail(500, "amount must be an integer in minor units".into());
-            };
-            let (min, max) = project.amount_limits(&method);
-            if amount < min || amount > max {
-                return fail(
-                    500,
-                    format!("amount {amount} is outside the limits {min}..={max} (minor units)"),
-                );
-            }
-        }
-        if project.terminal_url.is_none() {
-            return fail(
-                500,
-                "terminal requests are not configured for this project".into(),
-            );
-        }
-        Ok(Checked {
-            project,
-            kind,
-            dialect,
-        })
     }
 
     /// check_deposit: one merchant call per identical body within the window.
@@ -418,8 +319,8 @@ impl Terminal {
                 format!("merchant answered HTTP {}", status.as_u16()),
             );
         }
-        match validate(c.kind, &bytes) {
-            Ok(valid) => (relay(c.dialect, valid, bytes), true),
+        match validate(c.kind, &bytes).and_then(|valid| relay(c.dialect, valid, bytes)) {
+            Ok(answer) => (answer, true),
             Err(reason) => {
                 merchant_error("malformed", format!("malformed merchant answer: {reason}"))
             }
@@ -444,107 +345,144 @@ fn shared_fallback<T>(op: &'static str, error: &str) -> Option<T> {
     None
 }
 
-/// The fields of a merchant answer that the protocol checks; the rest passes through.
-#[derive(Deserialize)]
-struct AnswerFields {
-    code: Option<Value>,
-    currency: Option<Value>,
-    payment_id: Option<Value>,
-    message: Option<IgnoredAny>,
-    error_description: Option<IgnoredAny>,
-}
-
-/// A merchant answer that passed: its code, and where it gives a reason.
-struct Valid {
-    code: u16,
-    message: bool,
-    error_description: bool,
-}
-
-/// Checks a merchant answer against the protocol without building it as a tree: a
-/// valid answer is relayed as the merchant wrote it.
-fn validate(kind: Kind, bytes: &[u8]) -> Result<Valid, String> {
-    let answer: AnswerFields = serde_json::from_slice(bytes).map_err(|e| match e.classify() {
-        Category::Data if bytes.trim_ascii_start().starts_with(b"{") => e.to_string(),
-        Category::Data => "not a JSON object".to_string(),
-        _ => "not JSON".to_string(),
-    })?;
-    let code = answer
-        .code
-        .as_ref()
-        .and_then(Value::as_u64)
-        .ok_or("no integer code")?;
-    if ![0, 400, 404, 500].contains(&code) {
-        return Err(format!("code {code} is not one of 0, 400, 404, 500"));
-    }
-    let present = |f: &Option<Value>| match f {
-        Some(Value::String(s)) => !s.is_empty(),
-        Some(Value::Number(_)) => true,
-        _ => false,
+/// Parses and checks a terminal request; an `Err` is the gateway's own answer.
+///
+/// Field types are the protocol's (`type`, `currency`, `payment_method` strings;
+/// `customer_id` a string or an integer; `project_id` and `amount` integers), since the
+/// body is forwarded unchanged and the merchant must read what was checked; a body with
+/// a duplicate key is refused for the same reason (see `callback::Rejection`).
+fn check(
+    canon: &mut Canonicalizer,
+    body: &[u8],
+    projects: &Projects,
+    fallback: bool,
+) -> Result<Checked, Refusal> {
+    let refuse = |reason: String| Refusal {
+        dialect: Dialect::Kassa24,
+        project: None,
+        kind: Kind::Unknown,
+        code: 500,
+        reason,
     };
-    if code == 0 && kind == Kind::Verify && !present(&answer.currency) {
-        return Err("verify success without currency".into());
+    canon.load(body).map_err(|e| refuse(e.to_string()))?;
+    if let Some(key) = canon.duplicate_key() {
+        return Err(refuse(format!(
+            "duplicate key {}",
+            String::from_utf8_lossy(key)
+        )));
     }
-    if code == 0 && kind == Kind::CheckDeposit && !present(&answer.payment_id) {
-        return Err("check_deposit success without payment_id".into());
+    let string = |name: &[u8]| match canon.get_typed(name) {
+        Some((Scalar::String, v)) => std::str::from_utf8(v).ok(),
+        _ => None,
+    };
+    let kind = match string(b"type") {
+        Some("verify") => Kind::Verify,
+        Some("check_deposit") => Kind::CheckDeposit,
+        _ => Kind::Unknown,
+    };
+    let project_id = canon.get_typed(b"project_id");
+    let project = match project_id {
+        Some((Scalar::Integer, id)) => projects.by_text(id).cloned(),
+        _ => None,
+    };
+    // check_deposit names its method; verify speaks the project's.
+    let dialect = Dialect::of(
+        string(b"payment_method").or(project.as_ref().and_then(|p| p.method.as_deref())),
+    );
+    let fail = |code: u16, reason: String| {
+        Err(Refusal {
+            dialect,
+            project: project.as_ref().map(|p| p.id),
+            kind,
+            code,
+            reason,
+        })
+    };
+    if kind == Kind::Unknown {
+        return fail(500, "type must be verify or check_deposit".into());
     }
-    Ok(Valid {
-        code: code as u16,
-        message: answer.message.is_some(),
-        error_description: answer.error_description.is_some(),
+    let Some(project) = project.clone() else {
+        return match project_id {
+            None if !canon.has_children(b"project_id") => {
+                fail(500, "missing field project_id".into())
+            }
+            Some((Scalar::Integer, id)) => fail(
+                500,
+                format!("unknown project {}", String::from_utf8_lossy(id)),
+            ),
+            _ => fail(500, "project_id must be an integer".into()),
+        };
+    };
+    match signature::verify_loaded(canon, &project.secrets, fallback) {
+        Ok(_) => {}
+        Err(signature::VerifyError::Mismatch) => {
+            return fail(400, "Signature is invalid".into());
+        }
+        Err(e) => return fail(400, e.to_string()),
+    }
+    // The fields are read again: the signature check needed the parser.
+    let required: &[(&str, &[Scalar], &str)] = match kind {
+        Kind::Verify => &[("customer_id", ID, "a string or an integer")],
+        _ => &[
+            ("customer_id", ID, "a string or an integer"),
+            ("amount", &[Scalar::Integer], "an integer in minor units"),
+            ("currency", &[Scalar::String], "a string"),
+            ("payment_method", &[Scalar::String], "a string"),
+        ],
+    };
+    for &(field, types, expected) in required {
+        match canon.get_typed(field.as_bytes()) {
+            Some((_, [])) => return fail(500, format!("missing field {field}")),
+            Some((scalar, _)) if types.contains(&scalar) => {}
+            None if !canon.has_children(field.as_bytes()) => {
+                return fail(500, format!("missing field {field}"));
+            }
+            _ => return fail(500, format!("{field} must be {expected}")),
+        }
+    }
+    if kind == Kind::CheckDeposit {
+        let text = |name: &[u8]| canon.get(name).map(String::from_utf8_lossy);
+        let currency = text(b"currency").unwrap_or_default();
+        if currency != "KZT" {
+            return fail(500, format!("currency must be KZT, not {currency}"));
+        }
+        let method = text(b"payment_method").unwrap_or_default();
+        if !crate::config::TERMINAL_METHODS.contains(&method.as_ref()) {
+            return fail(500, format!("unsupported payment_method {method}"));
+        }
+        let Some(amount) = text(b"amount").and_then(|a| a.parse::<i64>().ok()) else {
+            return fail(500, "amount must be an integer in minor units".into());
+        };
+        let (min, max) = project.amount_limits(&method);
+        if amount < min || amount > max {
+            return fail(
+                500,
+                format!("amount {amount} is outside the limits {min}..={max} (minor units)"),
+            );
+        }
+    }
+    if project.terminal_url.is_none() {
+        return fail(
+            500,
+            "terminal requests are not configured for this project".into(),
+        );
+    }
+    Ok(Checked {
+        project,
+        kind,
+        dialect,
     })
 }
 
-/// The merchant's answer in `dialect`: as it came, unless its reason is in the other
-/// dialect's field.
-fn relay(dialect: Dialect, valid: Valid, bytes: Bytes) -> Answer {
-    if !dialect.foreign(valid.message, valid.error_description) {
-        return Answer {
-            code: valid.code,
-            body: bytes,
-        };
-    }
-    let answer: serde_json::Map<String, Value> =
-        serde_json::from_slice(&bytes).expect("validated as a JSON object");
-    Answer::new(dialect.translate(answer))
+/// `check` for the fuzz target: refusals and acceptances alike are fine, panics not.
+#[doc(hidden)]
+pub fn fuzz_check(canon: &mut Canonicalizer, body: &[u8], projects: &Projects) {
+    let _ = check(canon, body, projects, true);
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Account ids: kiosks send what the customer typed, as a string or as digits.
+const ID: &[Scalar] = &[Scalar::String, Scalar::Integer];
 
-    #[test]
-    fn merchant_answers_are_checked() {
-        assert!(validate(Kind::Verify, br#"{"code":0,"currency":"KZT"}"#).is_ok());
-        assert!(validate(Kind::Verify, br#"{"code":0}"#).is_err());
-        assert!(validate(Kind::CheckDeposit, br#"{"code":0,"payment_id":"p"}"#).is_ok());
-        assert!(validate(Kind::CheckDeposit, br#"{"code":0,"payment_id":""}"#).is_err());
-        assert!(validate(Kind::Verify, br#"{"code":404,"message":"no"}"#).is_ok());
-        assert!(validate(Kind::Verify, br#"{"code":200}"#).is_err());
-        assert!(validate(Kind::Verify, br#"{"code":"0","currency":"KZT"}"#).is_err());
-        assert!(validate(Kind::Verify, b"<html>").is_err_and(|e| e == "not JSON"));
-        assert!(validate(Kind::Verify, b"[0]").is_err_and(|e| e == "not a JSON object"));
-        // Two codes: which one the platform would read is unknowable.
-        assert!(validate(Kind::Verify, br#"{"code":0,"code":500,"currency":"KZT"}"#).is_err());
-    }
-
-    #[test]
-    fn a_valid_answer_is_relayed_as_written_unless_it_speaks_the_other_dialect() {
-        let relayed = |dialect, raw: &'static [u8]| {
-            let valid = validate(Kind::Verify, raw).unwrap();
-            relay(dialect, valid, Bytes::from_static(raw))
-        };
-        let raw = br#"{ "code": 0, "currency": "KZT", "additional_customer_id": "HFVDW42345" }"#;
-        let answer = relayed(Dialect::PayDala, raw);
-        assert_eq!((answer.code, &answer.body[..]), (0, &raw[..]));
-        let answer = relayed(
-            Dialect::PayDala,
-            br#"{"code":404,"error_description":"gone"}"#,
-        );
-        let value: Value = serde_json::from_slice(&answer.body).unwrap();
-        assert_eq!(
-            (answer.code, value),
-            (404, serde_json::json!({"code": 404, "message": "gone"}))
-        );
-    }
-}
+/// `answer::validate` and `answer::relay` for the fuzz target.
+#[doc(hidden)]
+pub use answer::fuzz_answer;

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::Shared;
 use super::attempt::{self, Attempt, Class, State};
 use super::queue::{Job, Queue};
-use super::retry::{Admit, Breaker, Next};
+use super::retry::{Admit, Breaker, Next, Ticket, Transition};
 use crate::clock::now_ms;
 use crate::metrics as m;
 use crate::projects::Endpoint;
@@ -28,6 +28,7 @@ pub(super) enum Cmd {
     Rescan {
         from: u64,
         added: u64,
+        horizon: u64,
     },
     /// This node no longer delivers these partitions: forget their deliveries.
     Release(Arc<[u16]>),
@@ -42,7 +43,8 @@ pub(super) struct Worker {
     queue: Queue,
     breaker: Breaker,
     in_flight: JoinSet<(u64, Attempt)>,
-    in_flight_seq: HashMap<Id, u64>,
+    /// Each attempt in flight: its delivery and the breaker phase it started in.
+    in_flight_seq: HashMap<Id, (u64, Ticket)>,
     paused: bool,
     /// The store holds pending rows of this endpoint that are not in memory, from
     /// `cursor` on; arrivals are left to the store until a refill catches up.
@@ -53,6 +55,8 @@ pub(super) struct Worker {
     floor: u64,
     /// Pending deliveries in memory and in the store (the queue-depth gauge).
     depth: u64,
+    /// The newest store notice taken in (see `Store::pending`).
+    horizon: u64,
     refill_after: Option<Instant>,
 }
 
@@ -64,7 +68,7 @@ impl Worker {
         rx: mpsc::UnboundedReceiver<Cmd>,
         pending: u64,
     ) -> Self {
-        let breaker = Breaker::new(shared.breaker_failures, shared.breaker_cooldown);
+        let breaker = Breaker::new(shared.breaker);
         Self {
             key,
             shared,
@@ -78,6 +82,7 @@ impl Worker {
             cursor: 0,
             floor: 0,
             depth: pending,
+            horizon: 0,
             refill_after: None,
         }
     }
@@ -139,8 +144,9 @@ impl Worker {
         let page = self
             .shared
             .store
-            .pending(self.key.clone(), self.cursor, room)
+            .pending(self.key.clone(), self.cursor, room, self.horizon)
             .await?;
+        tracing::debug!(endpoint = %self.key, from = self.cursor, rows = page.rows.len(), complete = page.complete, first = page.rows.first().map(|r| r.0.seq), "read pending deliveries back");
         for (event, raw) in page.rows {
             self.cursor = event.seq + 1;
             if self.queue.contains(event.seq) {
@@ -165,7 +171,13 @@ impl Worker {
     fn command(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::Event(event) => self.arrive(event),
-            Cmd::Rescan { from, added } => {
+            Cmd::Rescan {
+                from,
+                added,
+                horizon,
+            } => {
+                self.horizon = self.horizon.max(horizon);
+                tracing::debug!(endpoint = %self.key, from, added, spilled = self.spilled, cursor = self.cursor, "rescan");
                 self.cursor = if self.spilled {
                     self.cursor.min(from)
                 } else {
@@ -230,14 +242,14 @@ impl Worker {
                 return None;
             }
             match self.breaker.admit(now) {
-                Admit::Send | Admit::Probe => self.launch(seq, endpoint),
+                Admit::Send(ticket) => self.launch(seq, endpoint, ticket),
                 Admit::Wait => return None,
                 Admit::OpenUntil(until) => self.hold(seq, until),
             }
         }
     }
 
-    fn launch(&mut self, seq: u64, endpoint: &Arc<Endpoint>) {
+    fn launch(&mut self, seq: u64, endpoint: &Arc<Endpoint>, ticket: Ticket) {
         let Some(job) = self.queue.start(seq) else {
             return;
         };
@@ -248,7 +260,7 @@ impl Worker {
             let attempt = attempt::send(&client, &endpoint, &event).await;
             (seq, attempt)
         });
-        self.in_flight_seq.insert(handle.id(), seq);
+        self.in_flight_seq.insert(handle.id(), (seq, ticket));
     }
 
     /// The circuit is open: the head waits for the probe, or is a dead letter if
@@ -274,14 +286,16 @@ impl Worker {
     }
 
     fn finished(&mut self, joined: Result<(Id, (u64, Attempt)), tokio::task::JoinError>) {
-        let (seq, attempt) = match joined {
-            Ok((id, result)) => {
-                self.in_flight_seq.remove(&id);
-                result
+        let (seq, ticket, attempt) = match joined {
+            Ok((id, (seq, attempt))) => {
+                let Some((_, ticket)) = self.in_flight_seq.remove(&id) else {
+                    return;
+                };
+                (seq, ticket, attempt)
             }
             Err(e) => {
                 // Cancelled or panicked: the head retries as after any failure.
-                let Some(seq) = self.in_flight_seq.remove(&e.id()) else {
+                let Some((seq, ticket)) = self.in_flight_seq.remove(&e.id()) else {
                     return;
                 };
                 let attempt = Attempt {
@@ -291,11 +305,19 @@ impl Worker {
                     class: Class::Io.as_str().into(),
                     error: Some(format!("attempt task failed: {e}")),
                 };
-                (seq, attempt)
+                (seq, ticket, attempt)
             }
         };
         let ok = attempt.succeeded();
-        self.breaker.record(ok, Instant::now());
+        match self.breaker.record(ticket, ok, Instant::now()) {
+            Some(Transition::Opened { rate, attempts }) => {
+                tracing::warn!(endpoint = %self.key, failure_rate = rate, attempts, cooldown = ?self.shared.breaker.cooldown, "circuit opened");
+            }
+            Some(Transition::Closed) => {
+                tracing::info!(endpoint = %self.key, "circuit closed");
+            }
+            None => {}
+        }
         let key = self.key.to_string();
         metrics::counter!(m::DELIVERY_ATTEMPTS_TOTAL, "endpoint" => key.clone(), "result" => if ok { "success" } else { "failure" }).increment(1);
         metrics::histogram!(m::DELIVERY_SECONDS, "endpoint" => key.clone())

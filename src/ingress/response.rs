@@ -29,6 +29,8 @@ impl Answer {
             Answer::Stored(Appended::Duplicate) | Answer::KnownDuplicate => "duplicate",
             Answer::Rejected(Rejection::Parse(_)) => "malformed",
             Answer::Rejected(Rejection::MissingField(_)) => "missing_field",
+            Answer::Rejected(Rejection::DuplicateKey(_)) => "duplicate_key",
+            Answer::Rejected(Rejection::InvalidField { .. }) => "invalid_field",
             Answer::Rejected(Rejection::UnknownProject(_)) => "unknown_project",
             Answer::Rejected(Rejection::Signature {
                 error: VerifyError::MissingSignature,
@@ -94,7 +96,12 @@ impl Answer {
                 StatusCode::NOT_FOUND,
                 "no such route; POST /callbacks or /terminal".into(),
             ),
-            Answer::MethodNotAllowed => reason(StatusCode::METHOD_NOT_ALLOWED, "use POST".into()),
+            Answer::MethodNotAllowed => {
+                let mut r = reason(StatusCode::METHOD_NOT_ALLOWED, "use POST".into());
+                r.headers_mut()
+                    .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
+                r
+            }
         }
     }
 }

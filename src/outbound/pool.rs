@@ -129,11 +129,23 @@ impl Pool {
         url: &'a Uri,
         mut request: Request<Full<Bytes>>,
     ) -> Result<(Response<Incoming>, Lease<'a>), Failure> {
-        let (mut sender, host) = self.checkout(url).await?;
         // A connection to the host takes the origin form: the path, with the host
-        // in its header.
-        let path = url.path_and_query().map_or("/", |p| p.as_str());
-        *request.uri_mut() = Uri::try_from(path).expect("the path of a valid URI");
+        // in its header. Built from parts: `http://h?x=1` has the path-and-query
+        // `?x=1`, which does not parse as a URI of its own.
+        let mut origin = hyper::http::uri::Parts::default();
+        origin.path_and_query = Some(
+            url.path_and_query()
+                .filter(|p| p.as_str().starts_with('/'))
+                .cloned()
+                .map_or_else(
+                    || format!("/{}", url.path_and_query().map_or("", |p| p.as_str())).parse(),
+                    Ok,
+                )
+                .map_err(|e| Failure::Connect(format!("bad path in {url}: {e}")))?,
+        );
+        *request.uri_mut() = Uri::from_parts(origin)
+            .map_err(|e| Failure::Connect(format!("bad path in {url}: {e}")))?;
+        let (mut sender, host) = self.checkout(url).await?;
         request.headers_mut().insert(header::HOST, host);
         loop {
             match sender.try_send_request(request).await {
@@ -223,5 +235,35 @@ impl Pool {
             h.expire(now);
             h.idle.push((sender, now));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A URL without a path but with a query used to reach an `expect`.
+    #[tokio::test]
+    async fn a_url_with_a_query_and_no_path_is_sent_without_a_panic() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0; 4096];
+            let n = s.read(&mut buf).await.unwrap();
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        });
+        let pool = Pool::new(crate::outbound::connector(Duration::from_secs(1), None).unwrap());
+        let url: Uri = format!("http://{addr}?x=1").parse().unwrap();
+        let (status, _) = pool
+            .post(&url, Bytes::from_static(b"{}"), 1024)
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert!(server.await.unwrap().starts_with("POST /?x=1 HTTP/1.1"));
     }
 }

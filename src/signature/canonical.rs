@@ -50,7 +50,32 @@ pub enum ParseError {
     TooDeep(usize),
     #[error("body is not a JSON object")]
     NotObject,
+    /// Paths repeat in every entry, so a long key over a long array makes a canonical
+    /// string thousands of times the body (a 64 KiB body could ask for 512 MiB).
+    #[error("body's canonical string would be over {0} bytes")]
+    TooLarge(usize),
 }
+
+/// The JSON type of a leaf, as far as the canonical text hides it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scalar {
+    String,
+    /// A number whose canonical text is an exact integer (within i64).
+    Integer,
+    /// Any other number: a fraction, an exponent, or an integer beyond i64 (which PHP,
+    /// and so the canonical string, writes as a float).
+    Float,
+    Bool,
+    Null,
+}
+
+/// A canonical string may be this many times its body, plus `CANONICAL_SLACK`; far
+/// more than any platform message needs (theirs are shorter than the body).
+const CANONICAL_FACTOR: usize = 8;
+const CANONICAL_SLACK: usize = 4096;
+/// Objects with more keys than this find duplicates with a hash set: the per-object
+/// bloom filter fills up, and a linear scan per key would be quadratic.
+const SMALL_OBJECT: usize = 32;
 
 /// The leaf sits at or under a key named `signature`.
 const UNDER_SIGNATURE: u8 = 1;
@@ -65,6 +90,7 @@ struct Entry {
     path_end: u32,
     end: u32,
     flags: u8,
+    scalar: Scalar,
 }
 
 /// Reusable per-worker state: every buffer survives between bodies, so a warm
@@ -89,6 +115,8 @@ pub struct Canonicalizer {
     keys: Vec<u8>,
     /// The walk's emission order is not provably the PHP order (see `Walk::collect_keys`).
     needs_sort: bool,
+    /// The canonical path of the first key that appeared twice in one object, if any.
+    duplicate: Option<Vec<u8>>,
 }
 
 /// A key of the object being walked: its tape indexes, its sort text (the escaped
@@ -135,6 +163,7 @@ impl Canonicalizer {
             siblings: Vec::with_capacity(64),
             keys: Vec::with_capacity(512),
             needs_sort: false,
+            duplicate: None,
         }
     }
 
@@ -153,6 +182,7 @@ impl Canonicalizer {
         self.siblings.clear();
         self.keys.clear();
         self.needs_sort = false;
+        self.duplicate = None;
 
         let len = body.len();
         self.input.clear();
@@ -178,9 +208,16 @@ impl Canonicalizer {
                         siblings: &mut self.siblings,
                         keys: &mut self.keys,
                         needs_sort: &mut self.needs_sort,
+                        duplicate: &mut self.duplicate,
+                        limit: len.saturating_mul(CANONICAL_FACTOR) + CANONICAL_SLACK,
+                        over: false,
                     };
                     walk.value(&tape.0, 0, 0, 0);
-                    Ok(())
+                    if walk.over {
+                        Err(ParseError::TooLarge(walk.limit))
+                    } else {
+                        Ok(())
+                    }
                 }
                 _ => Err(ParseError::NotObject),
             },
@@ -200,11 +237,39 @@ impl Canonicalizer {
     /// The value of the first signed leaf at `path` (keys joined with `:`, as in the
     /// canonical string), e.g. `payment:id`. Null reads as empty.
     pub fn get(&self, path: &[u8]) -> Option<&[u8]> {
+        self.get_typed(path).map(|(_, v)| v)
+    }
+
+    /// As `get`, with the leaf's JSON type.
+    pub fn get_typed(&self, path: &[u8]) -> Option<(Scalar, &[u8])> {
         self.entries
             .iter()
             .filter(|e| e.flags & UNDER_SIGNATURE == 0)
             .find(|e| &self.arena[e.start as usize..e.path_end as usize] == path)
-            .map(|e| &self.arena[e.path_end as usize + 1..e.end as usize])
+            .map(|e| {
+                (
+                    e.scalar,
+                    &self.arena[e.path_end as usize + 1..e.end as usize],
+                )
+            })
+    }
+
+    /// Whether some entry lies under `path` (an object or array there).
+    pub fn has_children(&self, path: &[u8]) -> bool {
+        self.entries.iter().any(|e| {
+            // Leaves under a `signature` key live in `aside`, not in `arena`.
+            if e.flags & UNDER_SIGNATURE != 0 {
+                return false;
+            }
+            let p = &self.arena[e.start as usize..e.path_end as usize];
+            p.len() > path.len() && p.starts_with(path) && p[path.len()] == b':'
+        })
+    }
+
+    /// The canonical path of the first key that appeared twice in one object (the last
+    /// copy is the one signed, as every SDK's decoder keeps the last).
+    pub fn duplicate_key(&self) -> Option<&[u8]> {
+        self.duplicate.as_deref()
     }
 
     /// The canonical string in `order`. Valid until the next call.
@@ -286,6 +351,11 @@ struct Walk<'a> {
     siblings: &'a mut Vec<Sibling>,
     keys: &'a mut Vec<u8>,
     needs_sort: &'a mut bool,
+    duplicate: &'a mut Option<Vec<u8>>,
+    /// Bytes `arena` and `aside` may hold together; past it `over` is set and no more
+    /// is written.
+    limit: usize,
+    over: bool,
 }
 
 /// Number of tape nodes the value at `i` spans, itself included.
@@ -374,11 +444,20 @@ impl Walk<'_> {
                 k
             }
             Node::String(s) => {
-                self.leaf(flags, |out| out.extend_from_slice(s.as_bytes()));
+                self.leaf(flags, Scalar::String, |out| {
+                    out.extend_from_slice(s.as_bytes())
+                });
                 i + 1
             }
             Node::Static(node) => {
-                self.leaf(flags, |out| write_static(node, out));
+                let scalar = match node {
+                    StaticNode::Null => Scalar::Null,
+                    StaticNode::Bool(_) => Scalar::Bool,
+                    StaticNode::I64(_) => Scalar::Integer,
+                    StaticNode::U64(v) if i64::try_from(v).is_ok() => Scalar::Integer,
+                    StaticNode::U64(_) | StaticNode::F64(_) => Scalar::Float,
+                };
+                self.leaf(flags, scalar, |out| write_static(node, out));
                 i + 1
             }
         }
@@ -398,8 +477,10 @@ impl Walk<'_> {
     fn collect_keys(&mut self, nodes: &[Node<'_>], obj: usize, len: usize) -> usize {
         let base = self.siblings.len();
         // Bloom of (length, first byte): most objects have no duplicate, so the exact
-        // comparison rarely runs.
+        // comparison rarely runs. Large objects use a set instead (see SMALL_OBJECT).
         let mut seen = 0u64;
+        let mut large: Option<std::collections::HashMap<&str, usize>> =
+            (len > SMALL_OBJECT).then(|| std::collections::HashMap::with_capacity(len));
         let mut k = obj + 1;
         for _ in 0..len {
             let value = k + 1;
@@ -408,16 +489,38 @@ impl Walk<'_> {
                 unreachable!("simd-json object keys are strings")
             };
             if key != "frame_mode" {
-                let bit =
-                    1u64 << ((key.len() * 31 + key.bytes().next().unwrap_or(0) as usize) & 63);
-                if seen & bit != 0 {
-                    for s in &mut self.siblings[base..] {
-                        if nodes[s.key as usize] == Node::String(key) {
-                            s.skip = true;
+                let repeated = match &mut large {
+                    Some(set) => match set.insert(key, self.siblings.len()) {
+                        Some(earlier) => {
+                            self.siblings[earlier].skip = true;
+                            true
                         }
+                        None => false,
+                    },
+                    None => {
+                        let bit = 1u64
+                            << ((key.len() * 31 + key.bytes().next().unwrap_or(0) as usize) & 63);
+                        let mut repeated = false;
+                        if seen & bit != 0 {
+                            for s in &mut self.siblings[base..] {
+                                if nodes[s.key as usize] == Node::String(key) {
+                                    s.skip = true;
+                                    repeated = true;
+                                }
+                            }
+                        }
+                        seen |= bit;
+                        repeated
                     }
+                };
+                if repeated && self.duplicate.is_none() {
+                    let mut at = self.path.clone();
+                    if !at.is_empty() {
+                        at.push(b':');
+                    }
+                    escape_key(key.as_bytes(), &mut at);
+                    *self.duplicate = Some(at);
                 }
-                seen |= bit;
                 let start = self.keys.len() as u32;
                 if !escape_key(key.as_bytes(), self.keys) {
                     *self.needs_sort = true;
@@ -445,7 +548,11 @@ impl Walk<'_> {
     }
 
     #[inline(never)]
-    fn leaf(&mut self, flags: u8, write: impl FnOnce(&mut Vec<u8>)) {
+    fn leaf(&mut self, flags: u8, scalar: Scalar, write: impl FnOnce(&mut Vec<u8>)) {
+        if self.over || self.arena.len() + self.aside.len() + self.path.len() > self.limit {
+            self.over = true;
+            return;
+        }
         let out = if flags & UNDER_SIGNATURE == 0 {
             if !self.arena.is_empty() {
                 self.arena.push(b';');
@@ -465,6 +572,7 @@ impl Walk<'_> {
             path_end,
             end,
             flags,
+            scalar,
         });
     }
 }
@@ -631,6 +739,73 @@ mod tests {
         assert_eq!(c.signature(), None);
         c.load(br#"{"signature":7,"a":1,"signature":"t"}"#).unwrap();
         assert_eq!(c.signature(), Some(&b"t"[..]));
+    }
+
+    #[test]
+    fn duplicate_keys_are_reported_with_their_path() {
+        let mut c = Canonicalizer::default();
+        c.load(br#"{"a":1,"b":{"c":1}}"#).unwrap();
+        assert_eq!(c.duplicate_key(), None);
+        c.load(br#"{"a":1,"b":{"c":1,"x:y":2,"x:y":3}}"#).unwrap();
+        assert_eq!(c.duplicate_key(), Some(&b"b:x::y"[..]));
+        assert_eq!(c.canonical(Order::Php), b"a:1;b:c:1;b:x::y:3");
+        // An escaped spelling of the same key is the same key.
+        c.load(br#"{"amount":1,"\u0061mount":2}"#).unwrap();
+        assert_eq!(c.duplicate_key(), Some(&b"amount"[..]));
+        assert_eq!(c.get(b"amount"), Some(&b"2"[..]));
+        // Large objects take the hash set: the same answer, in linear time.
+        let mut big = String::from("{");
+        for i in 0..5000 {
+            big.push_str(&format!("\"k{i:05}\":{i},"));
+        }
+        big.push_str("\"k00007\":\"last\"}");
+        c.load(big.as_bytes()).unwrap();
+        assert_eq!(c.duplicate_key(), Some(&b"k00007"[..]));
+        assert_eq!(c.get(b"k00007"), Some(&b"last"[..]));
+        assert_eq!(c.get_typed(b"k00008"), Some((Scalar::Integer, &b"8"[..])));
+    }
+
+    /// A long key over a long array repeats the key in every entry: the canonical
+    /// string is bounded by a multiple of the body instead.
+    #[test]
+    fn the_canonical_string_is_bounded() {
+        let key = "k".repeat(30_000);
+        let body = format!("{{\"{key}\":[{}1]}}", "1,".repeat(15_000));
+        let mut c = Canonicalizer::default();
+        let limit = body.len() * CANONICAL_FACTOR + CANONICAL_SLACK;
+        assert_eq!(c.load(body.as_bytes()), Err(ParseError::TooLarge(limit)));
+        // The same shape at platform size is fine.
+        c.load(br#"{"items":[1,2,3],"payment":{"id":"p"}}"#)
+            .unwrap();
+        assert_eq!(
+            c.canonical(Order::Php),
+            b"items:0:1;items:1:2;items:2:3;payment:id:p"
+        );
+    }
+
+    #[test]
+    fn leaves_carry_their_json_type() {
+        let mut c = Canonicalizer::default();
+        c.load(br#"{"s":"1","i":-5,"u":18446744073709551615,"f":1.0,"e":1e3,"b":true,"n":null,"o":{"x":1}}"#)
+            .unwrap();
+        let t = |p: &[u8]| c.get_typed(p).map(|(s, _)| s);
+        assert_eq!(t(b"s"), Some(Scalar::String));
+        assert_eq!(t(b"i"), Some(Scalar::Integer));
+        assert_eq!(
+            t(b"u"),
+            Some(Scalar::Float),
+            "beyond i64 PHP writes a float"
+        );
+        assert_eq!(t(b"f"), Some(Scalar::Float));
+        assert_eq!(t(b"e"), Some(Scalar::Float));
+        assert_eq!(t(b"b"), Some(Scalar::Bool));
+        assert_eq!(t(b"n"), Some(Scalar::Null));
+        assert_eq!(t(b"o"), None);
+        assert!(c.has_children(b"o") && !c.has_children(b"s") && !c.has_children(b"x"));
+        // Leaves under `signature` are kept aside: never read as the body's fields.
+        c.load(br#"{"signature":{"a":"long value kept aside"},"o":{"x":1}}"#)
+            .unwrap();
+        assert!(!c.has_children(b"signature") && c.has_children(b"o"));
     }
 
     #[test]

@@ -265,6 +265,7 @@ impl Store for Embedded {
         endpoint: EndpointKey,
         from: u64,
         limit: usize,
+        _horizon: u64,
     ) -> BoxFuture<'_, Result<PendingPage, StoreError>> {
         Box::pin(self.read(move |j| j.pending(endpoint.as_str(), from, limit)))
     }
@@ -321,6 +322,7 @@ impl Store for Embedded {
                     endpoint,
                     from,
                     added: count as u64,
+                    horizon: 0,
                 });
             }
             Ok(count)

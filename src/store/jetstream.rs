@@ -28,6 +28,7 @@ mod intake;
 mod ledger;
 pub mod names;
 mod owner;
+mod parked;
 mod read;
 pub mod record;
 mod setup;
@@ -214,13 +215,12 @@ impl JetStream {
     async fn read_parked(
         &self,
         endpoint: &EndpointKey,
-        rows: Vec<(u64, u16, u64)>,
+        rows: Vec<(u64, parked::Spot)>,
     ) -> Result<Vec<(Event, Vec<u8>)>, StoreError> {
         let streams = &self.streams;
-        let reads = futures_util::stream::iter(
-            rows.into_iter()
-                .map(|(seq, p, body_seq)| ledger::fetch(streams, endpoint, seq, p, body_seq)),
-        )
+        let reads = futures_util::stream::iter(rows.into_iter().map(|(seq, spot)| {
+            ledger::fetch(streams, endpoint, seq, spot.partition, spot.body_seq)
+        }))
         .buffered(READ_CONCURRENCY)
         .collect::<Vec<_>>()
         .await;
@@ -336,9 +336,13 @@ impl Store for JetStream {
         endpoint: EndpointKey,
         from: u64,
         limit: usize,
+        horizon: u64,
     ) -> BoxFuture<'_, Result<PendingPage, StoreError>> {
         Box::pin(async move {
-            let (rows, complete) = self.ledger.parked(endpoint.clone(), from, limit).await?;
+            let (rows, complete) = self
+                .ledger
+                .parked(endpoint.clone(), from, limit, horizon)
+                .await?;
             let rows = self.read_parked(&endpoint, rows).await?;
             // Arrivals come from the partitions' consumers, never from this read: no
             // floor below which they may be skipped.

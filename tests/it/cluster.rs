@@ -569,7 +569,7 @@ breaker_cooldown = "100ms""#,
     }
     let paused_since = Instant::now();
     while paused_since.elapsed() < Duration::from_millis(500) {
-        assert_eq!(back.received(), 0, "a paused endpoint got requests");
+        assert_eq!(back.arrived(), 0, "a paused endpoint got requests");
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(
@@ -579,4 +579,121 @@ breaker_cooldown = "100ms""#,
     assert!(back.wait_delivered(12, PATIENCE), "{}", logs(&nodes));
     let got: HashSet<Vec<u8>> = back.delivered().into_iter().collect();
     assert_eq!(got, bodies.into_iter().collect());
+}
+
+/// The README's cluster example: `config/cluster/` as written (three nats-server nodes
+/// and one cbgate config shared by the gateway nodes), on free ports instead of the
+/// fixed ones, run from a scratch directory.
+#[test]
+fn the_cluster_example_in_config_cluster_runs_as_written() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/config/cluster");
+    // Fixed ports of the example, each moved to a free one.
+    let moved: Vec<(String, String)> = (0..3)
+        .flat_map(|i| [4222 + i, 6222 + i, 8222 + i])
+        .map(|port| (format!("127.0.0.1:{port}"), free_addr().to_string()))
+        .collect();
+    let remap = |text: &str| {
+        moved
+            .iter()
+            .fold(text.to_string(), |t, (from, to)| t.replace(from, to))
+    };
+    let at = |port: u16| {
+        moved
+            .iter()
+            .find(|(f, _)| f.ends_with(&format!(":{port}")))
+            .unwrap()
+            .1
+            .parse()
+            .unwrap()
+    };
+    let specs = (1..=3u16)
+        .map(|n| crate::nats::Spec {
+            name: format!("n{n}"),
+            client: at(4221 + n),
+            monitor: at(8221 + n),
+            config: remap(&std::fs::read_to_string(format!("{dir}/nats-{n}.conf")).unwrap()),
+        })
+        .collect();
+    let nats = Nats::launch(specs);
+    let scratch = tempfile::tempdir().unwrap();
+    let config = scratch.path().join("cbgate.toml");
+    std::fs::write(
+        &config,
+        remap(&std::fs::read_to_string(format!("{dir}/cbgate.toml")).unwrap()),
+    )
+    .unwrap();
+    let check = std::process::Command::new(crate::support::BIN)
+        .args(["check-config", config.to_str().unwrap()])
+        .env("CBGATE_ADMIN_TOKEN", "t")
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let nodes: Vec<Example> = (0..2).map(|_| Example::start(&config)).collect();
+    let body = crate::support::signed_for(
+        1234,
+        r#"{"payment":{"id":"ex-1","status":"success","method":"kassa24"},"operation":{"id":1,"type":"sale","status":"success","request_id":"ex-r1"}}"#,
+        "dev-secret-change-me",
+    );
+    let first = request(nodes[0].listen, "POST", "/callbacks", &[], &body);
+    assert_eq!(
+        first,
+        (200, r#"{"status":"accepted"}"#.into()),
+        "{}",
+        nats.logs()
+    );
+    let retry = request(nodes[1].listen, "POST", "/callbacks", &[], &body);
+    assert_eq!(retry, (200, r#"{"status":"duplicate"}"#.into()));
+}
+
+/// A cbgate node started as the README does: the shared file, ports on the command line.
+struct Example {
+    listen: std::net::SocketAddr,
+    child: std::process::Child,
+}
+
+impl Example {
+    fn start(config: &std::path::Path) -> Example {
+        let (listen, admin) = (free_addr(), free_addr());
+        let child = std::process::Command::new(crate::support::BIN)
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .args([
+                "--listen",
+                &listen.to_string(),
+                "--admin-listen",
+                &admin.to_string(),
+            ])
+            .env("CBGATE_ADMIN_TOKEN", "dev-admin-token")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut node = Example { listen, child };
+        let started = Instant::now();
+        while !Conn::open(admin)
+            .and_then(|mut c| c.request("GET", "/readyz", &[], b""))
+            .is_ok_and(|(s, _)| s == 200)
+        {
+            assert!(
+                node.child.try_wait().unwrap().is_none(),
+                "the example node exited"
+            );
+            assert!(
+                started.elapsed() < PATIENCE,
+                "the example node is not ready"
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        node
+    }
+}
+
+impl Drop for Example {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

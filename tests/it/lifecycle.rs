@@ -232,7 +232,7 @@ fn sighup_with_a_new_endpoint_routes_new_events_to_it() {
         g.log()
     );
     // Routing is decided when an event is accepted: the earlier one had no endpoint.
-    std::thread::sleep(Duration::from_millis(300));
+    g.wait_idle(Duration::from_secs(30));
     assert_eq!(endpoint.delivered(), vec![after]);
 }
 

@@ -40,6 +40,8 @@ pub struct Node {
     pub monitor: SocketAddr,
     config: PathBuf,
     log: PathBuf,
+    /// The directory it runs in: relative paths in its config start there.
+    cwd: PathBuf,
     child: Option<Child>,
 }
 
@@ -53,6 +55,7 @@ impl Node {
         let child = Command::new(binary())
             .arg("-c")
             .arg(&self.config)
+            .current_dir(&self.cwd)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -100,6 +103,14 @@ impl Drop for Node {
     }
 }
 
+/// One node to start: its name, client and monitoring addresses, and its config.
+pub struct Spec {
+    pub name: String,
+    pub client: SocketAddr,
+    pub monitor: SocketAddr,
+    pub config: String,
+}
+
 /// A set of nats-server nodes forming one JetStream domain.
 pub struct Nats {
     pub nodes: Vec<Node>,
@@ -118,36 +129,53 @@ impl Nats {
     }
 
     fn start(n: usize) -> Nats {
-        let dir = tempfile::tempdir().unwrap();
         let routes: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
         let route_list = routes
             .iter()
             .map(|a| format!("\"nats://{a}\""))
             .collect::<Vec<_>>()
             .join(", ");
+        let specs = routes
+            .iter()
+            .enumerate()
+            .map(|(i, route)| {
+                let name = format!("n{}", i + 1);
+                let (client, monitor) = (free_addr(), free_addr());
+                let mut config = format!(
+                    "server_name: {name}\nlisten: \"{client}\"\nhttp: \"{monitor}\"\n\
+                     jetstream {{ store_dir: \"./js-{name}\", sync_interval: always }}\n"
+                );
+                if n > 1 {
+                    config.push_str(&format!(
+                        "cluster {{ name: cbgate-test, listen: \"{route}\", routes: [{route_list}] }}\n"
+                    ));
+                }
+                Spec {
+                    name,
+                    client,
+                    monitor,
+                    config,
+                }
+            })
+            .collect();
+        Self::launch(specs)
+    }
+
+    /// Starts one node per spec, each config in a fresh directory that is also where it
+    /// runs, and waits until all are healthy.
+    pub fn launch(specs: Vec<Spec>) -> Nats {
+        let dir = tempfile::tempdir().unwrap();
         let mut nodes = Vec::new();
-        for (i, route) in routes.iter().enumerate() {
-            let name = format!("n{}", i + 1);
-            let (client, monitor) = (free_addr(), free_addr());
-            let store = dir.path().join(format!("js-{name}"));
-            let mut config = format!(
-                "server_name: {name}\nlisten: \"{client}\"\nhttp: \"{monitor}\"\n\
-                 jetstream {{ store_dir: \"{}\", sync_interval: always }}\n",
-                store.display()
-            );
-            if n > 1 {
-                config.push_str(&format!(
-                    "cluster {{ name: cbgate-test, listen: \"{route}\", routes: [{route_list}] }}\n"
-                ));
-            }
-            let path = dir.path().join(format!("{name}.conf"));
-            std::fs::write(&path, config).unwrap();
+        for spec in specs {
+            let path = dir.path().join(format!("{}.conf", spec.name));
+            std::fs::write(&path, &spec.config).unwrap();
             let mut node = Node {
-                name,
-                client,
-                monitor,
+                log: dir.path().join(format!("{}.log", spec.name)),
+                name: spec.name,
+                client: spec.client,
+                monitor: spec.monitor,
                 config: path,
-                log: dir.path().join(format!("{}.log", i + 1)),
+                cwd: dir.path().to_path_buf(),
                 child: None,
             };
             node.spawn();

@@ -304,6 +304,53 @@ impl Gateway {
         request(self.admin, "POST", path, &[("Authorization", &auth)], b"")
     }
 
+    /// Polls until every endpoint worker has nothing pending and nothing in flight:
+    /// from then on nothing more is sent until a new event or replay arrives. The
+    /// event a test waits on before asserting "nothing more arrived".
+    pub fn wait_idle(&self, limit: Duration) {
+        let started = Instant::now();
+        loop {
+            let (status, text) = self.admin_get("/admin/endpoints");
+            assert_eq!(status, 200, "{text}");
+            let endpoints: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+            if endpoints
+                .iter()
+                .all(|e| e["pending"] == 0 && e["in_flight"] == 0 && e["in_memory"] == 0)
+            {
+                return;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "deliveries still pending after {limit:?}: {text}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Polls until `metric(name, labels)` satisfies `done`; panics after `limit`.
+    pub fn wait_metric(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        limit: Duration,
+        done: impl Fn(f64) -> bool,
+    ) -> f64 {
+        let started = Instant::now();
+        loop {
+            let value = self.metric(name, labels);
+            if done(value) {
+                return value;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "{name}{labels:?} is {value} after {limit:?}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// One sample of a metric from `/metrics`, summed over label sets containing
     /// every `labels` pair.
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {

@@ -46,6 +46,11 @@ impl Merchant {
     pub fn count(&self, body: &[u8]) -> usize {
         self.seen.lock().unwrap().get(body).copied().unwrap_or(0)
     }
+
+    /// Every request the merchant read, by body.
+    pub fn seen(&self) -> HashMap<Vec<u8>, usize> {
+        self.seen.lock().unwrap().clone()
+    }
 }
 
 fn serve(
@@ -96,6 +101,10 @@ fn serve(
             "acct-broken" => (200, "<html>oops</html>".to_string()),
             "acct-nocurrency" | "acct-nopayment" => (200, json!({"code": 0}).to_string()),
             "acct-badcode" => (200, json!({"code": 7}).to_string()),
+            // Issue 16: arrays that a derived serde struct reads by position.
+            "acct-array404" => (200, r#"[404, null, null, "x", null]"#.to_string()),
+            "acct-array0" if check_deposit => (200, r#"[0, null, "p1", null, null]"#.to_string()),
+            "acct-array0" => (200, r#"[0, "KZT", null, null, null]"#.to_string()),
             "acct-http500" => (500, json!({"code": 0, "currency": "KZT"}).to_string()),
             other => {
                 if other == "acct-slow" {
@@ -347,9 +356,13 @@ fn a_slow_merchant_gets_code_500_before_the_budget() {
     let budget = Duration::from_millis(500);
     let g = gateway(&merchant, "500ms");
     for (project, request) in verify_and_deposit("acct-slow") {
+        let body = signed_for(project, &request.to_string(), SECRET);
+        let mut conn = crate::support::Conn::open(g.addr).unwrap();
         let started = Instant::now();
-        let answer = ask(&g, project, &request);
+        let (status, answer) = conn.post("/terminal", &body).unwrap();
         let took = started.elapsed();
+        assert_eq!(status, 200);
+        let answer: Value = serde_json::from_str(&answer).unwrap();
         assert!(took < budget, "answered after {took:?}");
         assert!(took > budget / 2, "gave up too early: {took:?}");
         assert_eq!(answer["code"], 500);
@@ -394,11 +407,29 @@ fn a_merchant_closing_its_connections_after_each_answer_loses_no_deposit() {
         assert_eq!(answer["code"], 0, "{answer}\n{}", g.log());
         assert_eq!(merchant.count(&body), 1);
         ids.push(answer["payment_id"].clone());
-        // Time for the gateway to see the merchant's hang-up on the idle connection.
-        std::thread::sleep(Duration::from_millis(100));
+        // The gateway has seen the merchant's hang-up once its end of the connection
+        // is closed too (no socket to the merchant left half-closed).
+        let started = Instant::now();
+        while half_closed_to(merchant.addr.port()) {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the gateway never closed its end"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
     ids.dedup();
     assert_eq!(ids.len(), 3, "{ids:?}");
+}
+
+/// Whether a local socket to `port` is in CLOSE_WAIT: its peer closed and it has not.
+fn half_closed_to(port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let remote = format!(":{port:04X}");
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.len() > 3 && fields[2].ends_with(&remote) && fields[3] == "08"
+    })
 }
 
 #[test]
@@ -465,4 +496,46 @@ fn an_https_merchant_is_reached_through_the_configured_ca_and_never_without_it()
         "{}",
         untrusted.log()
     );
+}
+
+/// Issue 16: a merchant answering a JSON array made the request panic (code 404 by
+/// position) or reached the kiosk as an array with HTTP 200 (code 0 by position).
+#[test]
+fn a_merchant_answer_that_is_a_json_array_is_code_500_in_the_methods_dialect() {
+    let merchant = Merchant::start();
+    let g = gateway(&merchant, "2s");
+    let mut asked = 0;
+    for customer in ["acct-array404", "acct-array0"] {
+        for (project, request) in verify_and_deposit(customer) {
+            // On one kept-alive connection: a panic in the handler would cut it.
+            let body = signed_for(project, &request.to_string(), SECRET);
+            let (status, answer) = g.post("/terminal", &body);
+            asked += 1;
+            assert_eq!(status, 200, "{customer}: {answer}");
+            let answer: Value = serde_json::from_str(&answer).unwrap();
+            assert!(answer.is_object(), "{customer}: {answer}");
+            assert_eq!(answer["code"], 500, "{customer}: {answer}");
+            assert_eq!(
+                answer[reason_field(project)],
+                "malformed merchant answer: not a JSON object",
+                "{customer}: {answer}"
+            );
+            assert_eq!(answer.as_object().unwrap().len(), 2, "{answer}");
+        }
+    }
+    assert_eq!(
+        g.metric(
+            "cbgate_terminal_merchant_errors_total",
+            &[("error", "malformed")]
+        ),
+        asked as f64
+    );
+    // The gateway still answers, and its log shows no panic.
+    let answer = ask(
+        &g,
+        1234,
+        &json!({"type": "verify", "customer_id": "acct-ok"}),
+    );
+    assert_eq!(answer["code"], 0);
+    assert!(!g.log().contains("panicked"), "{}", g.log());
 }

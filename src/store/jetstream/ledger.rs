@@ -13,6 +13,11 @@
 //!   partition's ack window), and a crash leaves every delivery either parked or
 //!   unacked (sent again to the next owner after `ACK_WAIT`).
 //!
+//! Order per payment: a worker takes a payment's deliveries in seq order, from the
+//! consumer or from the records. An event whose payment still has a delivery parked
+//! at an endpoint is parked there too, behind it; and a worker reads the records a
+//! claim found only once it has that claim's notice (`Spot::horizon`).
+//!
 //! Writes to one subject go out in the order they were made, on one connection: a
 //! record and its later removal cannot be swapped. `flush` answers once every write
 //! made before it was acknowledged.
@@ -30,6 +35,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::names::{self, Names};
+use super::parked::{Index, Spot};
 use super::read;
 use super::record::{self, Parked};
 use super::setup::{REQUEST_TIMEOUT, Streams};
@@ -49,7 +55,7 @@ enum Cmd {
     },
     Scanned {
         partition: u16,
-        rows: Vec<(u64, EndpointKey, u64)>,
+        rows: Vec<(u64, EndpointKey, Parked)>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
     Release {
@@ -84,14 +90,14 @@ enum Cmd {
         endpoint: EndpointKey,
         from: u64,
         limit: usize,
+        horizon: u64,
         reply: oneshot::Sender<ParkedPage>,
     },
     Tick,
 }
 
-/// Parked deliveries of one endpoint as `(seq, partition, body_seq)`, and whether
-/// that is all of them.
-type ParkedPage = (Vec<(u64, u16, u64)>, bool);
+/// Parked deliveries of one endpoint as `(seq, spot)`, and whether that is all of them.
+pub type ParkedPage = (Vec<(u64, Spot)>, bool);
 
 /// What a write's success means.
 enum Then {
@@ -112,19 +118,13 @@ enum Then {
 /// An unacked event message and the endpoints that still need it.
 struct Held {
     partition: u16,
+    lane: Arc<str>,
     acker: Acker,
     since: Instant,
     /// Each endpoint still to settle, with its latest attempt log (empty: none yet).
     outstanding: HashMap<EndpointKey, Vec<u8>>,
     /// Endpoints whose record is being written.
     writing: HashSet<EndpointKey>,
-}
-
-/// A parked delivery as this node indexes it.
-#[derive(Debug, Clone, Copy)]
-struct Spot {
-    partition: u16,
-    body_seq: u64,
 }
 
 /// The ledger's handle.
@@ -143,7 +143,9 @@ struct Actor {
     held: HashMap<u64, Held>,
     /// Deliveries held, over all held messages.
     outstanding: usize,
-    parked: BTreeMap<(EndpointKey, u64), Spot>,
+    parked: Index,
+    /// Claims so far: each claim's notices carry its number (`Spot::horizon`).
+    claims: u64,
     next_write: u64,
     writing: BTreeSet<u64>,
     flushes: Vec<(u64, oneshot::Sender<()>)>,
@@ -168,7 +170,8 @@ impl Ledger {
             owned: HashMap::new(),
             held: HashMap::new(),
             outstanding: 0,
-            parked: BTreeMap::new(),
+            parked: Index::default(),
+            claims: 0,
             next_write: 0,
             writing: BTreeSet::new(),
             flushes: Vec::new(),
@@ -232,19 +235,21 @@ impl Ledger {
         rx.await.map_err(|_| StoreError::Closed)
     }
 
-    /// Up to `limit` parked deliveries of `endpoint` from `from` on, as `(seq,
-    /// partition, body_seq)`, and whether that is all of them.
+    /// Up to `limit` parked deliveries of `endpoint` from `from` on that a worker
+    /// which took in notices up to `horizon` may read, and whether that is all.
     pub async fn parked(
         &self,
         endpoint: EndpointKey,
         from: u64,
         limit: usize,
+        horizon: u64,
     ) -> Result<ParkedPage, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.send(Cmd::Pending {
             endpoint,
             from,
             limit,
+            horizon,
             reply,
         })?;
         rx.await.map_err(|_| StoreError::Closed)
@@ -295,6 +300,7 @@ impl Actor {
                             let _ = h.acker.ack_with(jetstream::AckKind::Nak(None)).await;
                         }
                     }
+                    self.parked.drop_partition(partition);
                     let _ = reply.send(());
                 }
                 Cmd::Message { partition, msg } => self.arrive(partition, *msg).await,
@@ -314,22 +320,10 @@ impl Actor {
                     endpoint,
                     from,
                     limit,
+                    horizon,
                     reply,
                 } => {
-                    let mut rows = Vec::new();
-                    let mut complete = true;
-                    let range = (endpoint.clone(), from)..;
-                    for ((ep, seq), spot) in self.parked.range(range) {
-                        if *ep != endpoint {
-                            break;
-                        }
-                        if rows.len() >= limit {
-                            complete = false;
-                            break;
-                        }
-                        rows.push((*seq, spot.partition, spot.body_seq));
-                    }
-                    let _ = reply.send((rows, complete));
+                    let _ = reply.send(self.parked.page(&endpoint, from, limit, horizon));
                 }
                 Cmd::Tick => self.park_stale().await,
             }
@@ -370,7 +364,7 @@ impl Actor {
     fn scanned(
         &mut self,
         partition: u16,
-        rows: Vec<(u64, EndpointKey, u64)>,
+        rows: Vec<(u64, EndpointKey, Parked)>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     ) {
         match self.owned.get_mut(&partition) {
@@ -390,18 +384,20 @@ impl Actor {
                 return;
             }
         }
+        self.claims += 1;
+        let horizon = self.claims;
         let mut found: BTreeMap<EndpointKey, (u64, u64)> = BTreeMap::new();
-        for (seq, endpoint, body_seq) in rows {
+        for (seq, endpoint, record) in rows {
             let slot = found.entry(endpoint.clone()).or_insert((seq, 0));
             slot.0 = slot.0.min(seq);
             slot.1 += 1;
-            self.parked.insert(
-                (endpoint, seq),
-                Spot {
-                    partition,
-                    body_seq,
-                },
-            );
+            let spot = Spot {
+                partition,
+                body_seq: record.body_seq,
+                lane: record.lane.into(),
+                horizon,
+            };
+            self.parked.insert(endpoint, seq, spot);
         }
         let parked: u64 = found.values().map(|(_, n)| n).sum();
         tracing::info!(partition, parked, "partition claimed");
@@ -410,6 +406,7 @@ impl Actor {
                 endpoint,
                 from,
                 added,
+                horizon,
             });
         }
         let _ = reply.send(Ok(()));
@@ -426,7 +423,6 @@ impl Actor {
         let _ = self.notices.send(Notice::Release {
             partitions: vec![partition],
         });
-        self.parked.retain(|_, spot| spot.partition != partition);
         if graceful {
             // Park what is held, so the next owner finds it at once instead of after
             // the ack wait; what cannot be written is sent to it again.
@@ -489,16 +485,25 @@ impl Actor {
         // Deliveries a previous owner parked are read from their records instead.
         event
             .endpoints
-            .retain(|ep| !self.parked.contains_key(&(ep.clone(), seq)));
+            .retain(|ep| self.parked.get(ep, seq).is_none());
         if event.endpoints.is_empty() {
             let _ = acker.ack().await;
             return;
         }
+        // Where an older event of this payment still waits in the store, this one
+        // queues behind it there: handed over now, it could overtake.
+        let (behind, now): (Vec<EndpointKey>, Vec<EndpointKey>) = event
+            .endpoints
+            .iter()
+            .cloned()
+            .partition(|ep| self.parked.has_lane(ep, &event.order_key));
         self.outstanding += event.endpoints.len();
+        let lane: Arc<str> = event.order_key.as_str().into();
         self.held.insert(
             seq,
             Held {
                 partition,
+                lane,
                 acker,
                 since: Instant::now(),
                 outstanding: event
@@ -509,26 +514,42 @@ impl Actor {
                 writing: HashSet::new(),
             },
         );
-        let _ = self.arrivals.send(Arc::new(event));
+        for endpoint in behind {
+            self.park(seq, Some(&endpoint)).await;
+            let _ = self.notices.send(Notice::Rescan {
+                endpoint,
+                from: seq,
+                added: 1,
+                horizon: 0,
+            });
+        }
+        if !now.is_empty() {
+            event.endpoints = now;
+            let _ = self.arrivals.send(Arc::new(event));
+        }
     }
 
     /// A replayed dead letter: parked with its new round, then announced.
     async fn replayed(&mut self, body_seq: u64, subject: &str, payload: Bytes, acker: Acker) {
         let parsed = names::parse_delivery(subject)
             .and_then(|(p, seq, ep)| Some((p, seq, ep, record::decode_kept(seq, &payload).ok()?)));
-        let Some((partition, seq, endpoint, (state, _))) = parsed else {
+        let Some((partition, seq, endpoint, (state, event))) = parsed else {
             tracing::error!(subject, "malformed replay message; terminated");
             let _ = acker.ack_with(jetstream::AckKind::Term).await;
             return;
         };
-        self.parked.insert(
-            (endpoint.clone(), seq),
-            Spot {
-                partition,
-                body_seq,
-            },
-        );
-        let parked = Parked { body_seq, state };
+        let spot = Spot {
+            partition,
+            body_seq,
+            lane: event.order_key.as_str().into(),
+            horizon: 0,
+        };
+        self.parked.insert(endpoint.clone(), seq, spot);
+        let parked = Parked {
+            body_seq,
+            lane: event.order_key,
+            state,
+        };
         let subject = names::delivery_subject(partition, seq, &endpoint);
         self.write(
             subject,
@@ -554,7 +575,7 @@ impl Actor {
             .get_mut(&seq)
             .filter(|h| h.outstanding.contains_key(&endpoint));
         let is_held = held.is_some();
-        let spot = self.parked.get(&(endpoint.clone(), seq)).copied();
+        let spot = self.parked.get(&endpoint, seq).cloned();
         let subject = names::delivery_subject(partition, seq, &endpoint);
         let then = || Then::Recorded {
             seq,
@@ -565,7 +586,7 @@ impl Actor {
                 // A record may exist (a retry, a park), or be on its way: end it after.
                 if spot.is_some() || !is_held || held.is_some_and(|h| h.writing.contains(&endpoint))
                 {
-                    self.parked.remove(&(endpoint.clone(), seq));
+                    self.parked.remove(&endpoint, seq);
                     self.write(subject, Bytes::new(), Some(done_marker()), Then::Nothing)
                         .await;
                 }
@@ -578,17 +599,21 @@ impl Actor {
                     h.outstanding.insert(endpoint.clone(), state.clone());
                     h.writing.insert(endpoint.clone());
                 }
-                let body_seq = spot.map_or(seq, |s| s.body_seq);
-                self.parked.insert(
-                    (endpoint.clone(), seq),
-                    Spot {
-                        partition,
-                        body_seq,
-                    },
-                );
+                let body_seq = spot.as_ref().map_or(seq, |s| s.body_seq);
+                let spot = Spot {
+                    partition,
+                    body_seq,
+                    lane: event.order_key.as_str().into(),
+                    horizon: 0,
+                };
+                self.parked.insert(endpoint.clone(), seq, spot);
                 let then = if is_held { then() } else { Then::Nothing };
-                self.write(subject, Parked { body_seq, state }.encode(), None, then)
-                    .await;
+                let record = Parked {
+                    body_seq,
+                    lane: event.order_key.clone(),
+                    state,
+                };
+                self.write(subject, record.encode(), None, then).await;
             }
             Settle::Dead(state) => {
                 if let Some(h) = held {
@@ -598,7 +623,7 @@ impl Actor {
                 let kept = record::encode_kept(&state, &event);
                 self.write(names::dead_subject(seq, &endpoint), kept, None, then)
                     .await;
-                if self.parked.remove(&(endpoint, seq)).is_some() {
+                if self.parked.remove(&endpoint, seq).is_some() {
                     self.write(subject, Bytes::new(), Some(done_marker()), Then::Nothing)
                         .await;
                 }
@@ -627,7 +652,7 @@ impl Actor {
         let Some(held) = self.held.get_mut(&seq) else {
             return;
         };
-        let partition = held.partition;
+        let (partition, lane) = (held.partition, held.lane.clone());
         let todo: Vec<(EndpointKey, Vec<u8>)> = held
             .outstanding
             .iter()
@@ -638,16 +663,17 @@ impl Actor {
             if let Some(held) = self.held.get_mut(&seq) {
                 held.writing.insert(endpoint.clone());
             }
-            self.parked.insert(
-                (endpoint.clone(), seq),
-                Spot {
-                    partition,
-                    body_seq: seq,
-                },
-            );
+            let spot = Spot {
+                partition,
+                body_seq: seq,
+                lane: lane.clone(),
+                horizon: 0,
+            };
+            self.parked.insert(endpoint.clone(), seq, spot);
             let subject = names::delivery_subject(partition, seq, &endpoint);
             let parked = Parked {
                 body_seq: seq,
+                lane: lane.to_string(),
                 state,
             };
             self.write(
@@ -762,6 +788,7 @@ impl Actor {
                         endpoint,
                         from: seq,
                         added: 1,
+                        horizon: 0,
                     });
                 } else {
                     // Sent again: the replay is redone from the start.
@@ -796,7 +823,7 @@ fn done_marker() -> HeaderMap {
 async fn scan(
     deliveries: &jetstream::stream::Stream,
     partition: u16,
-) -> Result<Vec<(u64, EndpointKey, u64)>, StoreError> {
+) -> Result<Vec<(u64, EndpointKey, Parked)>, StoreError> {
     let filter = format!("dlv.{partition}.>");
     let consumer = deliveries
         .create_consumer(consumer::pull::OrderedConfig {
@@ -839,7 +866,7 @@ async fn scan(
             && let Some((_, seq, endpoint)) = names::parse_delivery(&msg.subject)
             && let Some(parked) = Parked::decode(&msg.payload)
         {
-            rows.push((seq, endpoint, parked.body_seq));
+            rows.push((seq, endpoint, parked));
         }
         if left == 0 {
             return Ok(rows);

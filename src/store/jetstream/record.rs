@@ -1,7 +1,7 @@
 //! The JetStream engine's records beside the event record (`store::record`):
-//! - a delivery record (`dlv.`): `version u8 | body_seq u64 | state`, `body_seq` being
-//!   the events-stream sequence of the message that holds the event (its own `cb.`
-//!   message, or the `rp.` message of a replay);
+//! - a delivery record (`dlv.`): `version u8 | body_seq u64 | lane (u16 len) | state`,
+//!   `body_seq` being the events-stream sequence of the message that holds the event
+//!   (its own `cb.` message, or the `rp.` message of a replay), `lane` its order key;
 //! - a kept event (`dead.` dead letters, `rp.` replays): `version u8 | state len u32 |
 //!   state | event record`.
 //!
@@ -13,31 +13,40 @@ use crate::store::{Event, StoreError, record};
 
 const VERSION: u8 = 1;
 
-/// A parked delivery: where its event is, and its attempt log.
+/// A parked delivery: where its event is, its lane, and its attempt log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Parked {
     pub body_seq: u64,
+    /// The event's order key: deliveries of one lane go in seq order.
+    pub lane: String,
     pub state: Vec<u8>,
 }
 
 impl Parked {
     pub fn encode(&self) -> Bytes {
-        let mut out = Vec::with_capacity(9 + self.state.len());
+        let lane = &self.lane.as_bytes()[..self.lane.len().min(u16::MAX as usize)];
+        let mut out = Vec::with_capacity(11 + lane.len() + self.state.len());
         out.push(VERSION);
         out.extend_from_slice(&self.body_seq.to_le_bytes());
+        out.extend_from_slice(&(lane.len() as u16).to_le_bytes());
+        out.extend_from_slice(lane);
         out.extend_from_slice(&self.state);
         out.into()
     }
 
     pub fn decode(raw: &[u8]) -> Option<Parked> {
         let (&version, rest) = raw.split_first()?;
-        if version != VERSION || rest.len() < 8 {
+        if version != VERSION || rest.len() < 10 {
             return None;
         }
-        let (seq, state) = rest.split_at(8);
+        let (seq, rest) = rest.split_at(8);
+        let (len, rest) = rest.split_at(2);
+        let len = u16::from_le_bytes(len.try_into().ok()?) as usize;
+        let lane = std::str::from_utf8(rest.get(..len)?).ok()?.to_string();
         Some(Parked {
             body_seq: u64::from_le_bytes(seq.try_into().ok()?),
-            state: state.to_vec(),
+            lane,
+            state: rest[len..].to_vec(),
         })
     }
 }
@@ -81,10 +90,14 @@ mod tests {
     fn records_round_trip_and_damaged_ones_are_refused() {
         let parked = Parked {
             body_seq: 7,
+            lane: "77/pay-1".into(),
             state: b"{}".to_vec(),
         };
-        assert_eq!(Parked::decode(&parked.encode()), Some(parked.clone()));
-        assert_eq!(Parked::decode(&parked.encode()[..5]), None);
+        let raw = parked.encode();
+        assert_eq!(Parked::decode(&raw), Some(parked.clone()));
+        for cut in 0..11 + parked.lane.len() {
+            assert_eq!(Parked::decode(&raw[..cut]), None, "cut {cut}");
+        }
         let event = Event {
             seq: 3,
             accepted_ms: 1,
