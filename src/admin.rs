@@ -16,7 +16,7 @@ use serde_json::{Value, json as js};
 use crate::delivery::{self, Delivery};
 use crate::http::{Body, json, text};
 use crate::metrics as m;
-use crate::store::{Cursor, DeliveryState, EndpointKey, Store, StoreError};
+use crate::store::{Cursor, DeliveryState, EndpointKey, EventView, Store, StoreError};
 
 pub struct Admin {
     pub token: Option<String>,
@@ -112,6 +112,8 @@ impl Admin {
 /// - `GET dead-letters?endpoint=1234/ledger&after=1234/ledger:17&limit=100`.
 /// - `GET events/{seq}`: the event, and per endpoint pending/dead/delivered with
 ///   its attempts.
+/// - `GET payments/{project}/{payment_id}`: one payment's timeline: the requests
+///   signed for it (merchant listener) and its callbacks with their deliveries.
 async fn deliveries(
     method: &Method,
     path: &str,
@@ -193,37 +195,61 @@ async fn deliveries(
             let Some(view) = store.event(seq).await? else {
                 return not_found("no such event (unknown, or delivered everywhere)");
             };
-            let event = &view.event;
-            let deliveries: Vec<Value> = view
-                .deliveries
-                .iter()
-                .map(|(ep, state)| match state {
-                    DeliveryState::Delivered => js!({ "endpoint": ep, "status": "delivered" }),
-                    DeliveryState::InFlight => js!({ "endpoint": ep, "status": "in_flight" }),
-                    DeliveryState::Pending(raw) | DeliveryState::Dead(raw) => js!({
-                        "endpoint": ep,
-                        "status": if matches!(state, DeliveryState::Dead(_)) { "dead" } else { "pending" },
-                        "state": delivery::State::decode(raw, event.accepted_ms),
-                    }),
-                })
-                .collect();
-            let body = serde_json::from_slice::<Value>(&event.body)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&event.body).into()));
+            Ok((StatusCode::OK, event_json(&view)))
+        }
+        (&Method::GET, ["payments", project, payment_id]) => {
+            let Ok(project) = project.parse::<u64>() else {
+                return not_found("no such project");
+            };
+            let payment_id = percent_decode(payment_id);
+            let view = store.payment(project, payment_id.clone()).await?;
             Ok((
                 StatusCode::OK,
                 js!({
-                    "seq": event.seq,
-                    "accepted_ms": event.accepted_ms,
-                    "project": event.project,
-                    "webhook_id": delivery::webhook_id(event),
-                    "order_key": event.order_key,
-                    "deliveries": deliveries,
-                    "body": body,
+                    "project": project,
+                    "payment_id": payment_id,
+                    "signed": view.signed,
+                    "callbacks": view.events.iter().map(event_json).collect::<Vec<_>>(),
                 }),
             ))
         }
         _ => not_found("no such admin route"),
     }
+}
+
+/// One event as the admin API shows it: the callback, its statuses and where each of
+/// its deliveries stands, with the attempt log.
+fn event_json(view: &EventView) -> Value {
+    let event = &view.event;
+    let deliveries: Vec<Value> = view
+        .deliveries
+        .iter()
+        .map(|(ep, state)| match state {
+            DeliveryState::Delivered => js!({ "endpoint": ep, "status": "delivered" }),
+            DeliveryState::InFlight => js!({ "endpoint": ep, "status": "in_flight" }),
+            DeliveryState::Pending(raw) | DeliveryState::Dead(raw) => js!({
+                "endpoint": ep,
+                "status": if matches!(state, DeliveryState::Dead(_)) { "dead" } else { "pending" },
+                "state": delivery::State::decode(raw, event.accepted_ms),
+            }),
+        })
+        .collect();
+    let body = serde_json::from_slice::<Value>(&event.body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&event.body).into()));
+    js!({
+        "seq": event.seq,
+        "accepted_ms": event.accepted_ms,
+        "project": event.project,
+        "webhook_id": delivery::webhook_id(event),
+        "order_key": event.order_key,
+        "operation": {
+            "type": body["operation"]["type"],
+            "status": body["operation"]["status"],
+        },
+        "payment_status": body["payment"]["status"],
+        "deliveries": deliveries,
+        "body": body,
+    })
 }
 
 /// A URL query string, percent-decoded on lookup.

@@ -218,7 +218,7 @@ pub fn verify(
         .cloned()
         .collect();
     let order_key = match text(b"payment:id").or(op_id) {
-        Some(id) => format!("{}/{id}", project.id),
+        Some(id) => crate::store::lane(project.id, id),
         None => format!("{}/#{:032x}", project.id, dedup.0),
     };
     Ok(Callback {

@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::callback::Callback;
 use crate::config::{Config, Engine};
@@ -66,6 +66,32 @@ impl Serialize for EndpointKey {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.0)
     }
+}
+
+/// The order key ("lane") of a payment: every event of it shares one, so deliveries
+/// keep its order and its timeline can be found.
+pub fn lane(project: u64, payment_id: &str) -> String {
+    format!("{project}/{payment_id}")
+}
+
+/// A request the merchant listener signed for a payment, kept for its timeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedRequest {
+    pub at_ms: u64,
+    pub project: u64,
+    pub payment_id: String,
+    /// What was signed: `payment-page`, or the Gate API path (`/v2/...`).
+    pub path: String,
+    /// The platform's HTTP status (0: no answer), or 200 for a Payment Page signature.
+    pub status: u16,
+    pub duration_ms: u64,
+}
+
+/// One payment's story: the requests signed for it and the callbacks accepted for it,
+/// each with where its deliveries stand, oldest first.
+pub struct PaymentView {
+    pub signed: Vec<SignedRequest>,
+    pub events: Vec<EventView>,
 }
 
 /// An accepted callback as the store keeps it.
@@ -297,6 +323,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// One event and where each of its deliveries stands.
     fn event(&self, seq: u64) -> BoxFuture<'_, Result<Option<EventView>, StoreError>>;
+
+    /// Keeps `request` for its payment's timeline, as long as the dedup window.
+    fn record_signed(&self, request: SignedRequest) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// The timeline of payment `payment_id` of `project`.
+    fn payment(
+        &self,
+        project: u64,
+        payment_id: String,
+    ) -> BoxFuture<'_, Result<PaymentView, StoreError>>;
 
     /// Stops or resumes delivery to `endpoint` on every node.
     fn set_paused(

@@ -20,8 +20,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::redb::{Group, Journal, Update};
 use super::{
-    Appended, BoxFuture, Cursor, DeadLetter, DeadPage, DeliveryState, EndpointKey, Event,
-    EventView, Feed, Health, Notice, PendingPage, Settle, Store, StoreError,
+    Appended, BoxFuture, Cursor, DeadLetter, DeadPage, EndpointKey, Event, EventView, Feed, Health,
+    Notice, PaymentView, PendingPage, Settle, SignedRequest, Store, StoreError,
 };
 use crate::callback::Callback;
 use crate::clock::{now_ms, now_s};
@@ -35,6 +35,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(60);
 enum Op {
     Append(Callback, oneshot::Sender<Result<Appended, StoreError>>),
     Update(Update),
+    Signed(SignedRequest, oneshot::Sender<Result<(), StoreError>>),
     Sweep(u32),
     /// Answer once everything queued before it is durable.
     Flush(oneshot::Sender<Result<(), StoreError>>),
@@ -88,6 +89,7 @@ pub fn open(storage: &Storage) -> Result<(Embedded, Feed), StoreError> {
         next_seq: recovery.next_seq,
         max_batch: storage.max_batch,
         window: storage.dedup_window,
+        signed_ids: crate::clock::now_ms(),
         accepted,
     };
     let writer = std::thread::Builder::new()
@@ -330,23 +332,37 @@ impl Store for Embedded {
     }
 
     fn event(&self, seq: u64) -> BoxFuture<'_, Result<Option<EventView>, StoreError>> {
+        Box::pin(self.read(move |j| j.view(seq)))
+    }
+
+    fn record_signed(&self, request: SignedRequest) -> BoxFuture<'_, Result<(), StoreError>> {
+        let (reply, rx) = oneshot::channel();
+        let queued = self
+            .tx
+            .0
+            .try_send(Op::Signed(request, reply))
+            .map_err(|e| match e {
+                crossbeam_channel::TrySendError::Full(_) => StoreError::Busy,
+                crossbeam_channel::TrySendError::Disconnected(_) => StoreError::Closed,
+            });
+        Box::pin(async move {
+            queued?;
+            rx.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+
+    fn payment(
+        &self,
+        project: u64,
+        payment_id: String,
+    ) -> BoxFuture<'_, Result<PaymentView, StoreError>> {
         Box::pin(self.read(move |j| {
-            let Some(event) = j.event(seq)? else {
-                return Ok(None);
-            };
-            let deliveries = event
-                .endpoints
-                .iter()
-                .map(|ep| {
-                    let state = match j.delivery(seq, ep.as_str())? {
-                        None => DeliveryState::Delivered,
-                        Some((true, raw)) => DeliveryState::Dead(raw),
-                        Some((false, raw)) => DeliveryState::Pending(raw),
-                    };
-                    Ok((ep.clone(), state))
-                })
-                .collect::<Result<_, StoreError>>()?;
-            Ok(Some(EventView { event, deliveries }))
+            let (seqs, signed) = j.lane(&super::lane(project, &payment_id))?;
+            let mut events = Vec::new();
+            for seq in seqs {
+                events.extend(j.view(seq)?);
+            }
+            Ok(PaymentView { signed, events })
         }))
     }
 
@@ -387,6 +403,8 @@ struct Writer {
     next_seq: u64,
     max_batch: usize,
     window: Duration,
+    /// The last id given to a signed request (unique within a millisecond's rows).
+    signed_ids: u64,
     /// Accepted events go to the delivery engine after their commit.
     accepted: crossbeam_channel::Sender<Arc<Event>>,
 }
@@ -412,6 +430,7 @@ impl Writer {
             let mut group = Group::default();
             let mut replies: Vec<Reply> = Vec::new();
             let mut flushes = Vec::new();
+            let mut recorded = Vec::new();
             batch_keys.clear();
             let now = now_s();
             let expires = now.saturating_add(self.window.as_secs() as u32);
@@ -443,6 +462,11 @@ impl Writer {
                         }
                     }
                     Op::Update(u) => group.updates.push(u),
+                    Op::Signed(request, reply) => {
+                        self.signed_ids += 1;
+                        group.signed.push((self.signed_ids, request));
+                        recorded.push(reply);
+                    }
                     Op::Sweep(before) => group.sweep_before = Some(before),
                     Op::Flush(reply) => flushes.push(reply),
                     Op::Close => closing = true,
@@ -455,6 +479,7 @@ impl Writer {
             if group.events.is_empty()
                 && group.updates.is_empty()
                 && group.sweep_before.is_none()
+                && group.signed.is_empty()
                 && replies.is_empty()
             {
                 // Only flushes: everything before them was committed by earlier groups.
@@ -463,6 +488,8 @@ impl Writer {
                 }
                 continue;
             }
+            // Signed requests are kept as long as dedup keys, a chunk per commit.
+            group.window_start_ms = Some(now_ms().saturating_sub(self.window.as_millis() as u64));
             let started = Instant::now();
             let result = self.journal.commit(&group);
             metrics::histogram!(m::JOURNAL_COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
@@ -475,7 +502,7 @@ impl Writer {
                     for (reply, outcome) in replies {
                         let _ = reply.send(Ok(outcome));
                     }
-                    for reply in flushes {
+                    for reply in flushes.into_iter().chain(recorded) {
                         let _ = reply.send(Ok(()));
                     }
                     // Unrouted events have nothing to deliver; sending them would only
@@ -496,7 +523,7 @@ impl Writer {
                     for (reply, _) in replies {
                         let _ = reply.send(Err(StoreError::unavailable(&e)));
                     }
-                    for reply in flushes {
+                    for reply in flushes.into_iter().chain(recorded) {
                         let _ = reply.send(Err(StoreError::unavailable(&e)));
                     }
                 }

@@ -43,8 +43,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     Appended, BoxFuture, Cursor, DeadLetter, DeadPage, DeliveryState, EndpointKey, EndpointStatus,
-    Event, EventView, Feed, Health, PendingPage, Settle, SharedAnswers, StatusSource, Store,
-    StoreError, merge_status,
+    Event, EventView, Feed, Health, PaymentView, PendingPage, Settle, SharedAnswers, SignedRequest,
+    StatusSource, Store, StoreError, merge_status,
 };
 use crate::callback::Callback;
 use crate::clock::now_s;
@@ -439,6 +439,69 @@ impl Store for JetStream {
                 deliveries.push((endpoint.clone(), state));
             }
             Ok(Some(EventView { event, deliveries }))
+        })
+    }
+
+    fn record_signed(&self, request: SignedRequest) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let lane = super::lane(request.project, &request.payment_id);
+            let partition = names::partition(&lane, self.partitions);
+            let id = format!("{}{:08x}", request.at_ms, fastrand::u32(..));
+            let subject = names::signed_subject(partition, &lane, &id);
+            let payload = serde_json::to_vec(&request).map_err(StoreError::unavailable)?;
+            self.intake
+                .js
+                .send_publish(
+                    subject,
+                    jetstream::message::PublishMessage::build().payload(payload.into()),
+                )
+                .await
+                .map_err(StoreError::unavailable)?
+                .await
+                .map_err(StoreError::unavailable)?;
+            Ok(())
+        })
+    }
+
+    fn payment(
+        &self,
+        project: u64,
+        payment_id: String,
+    ) -> BoxFuture<'_, Result<PaymentView, StoreError>> {
+        Box::pin(async move {
+            let lane = super::lane(project, &payment_id);
+            let partition = names::partition(&lane, self.partitions);
+            let mut signed = Vec::new();
+            let filter = names::signed_filter(partition, &lane);
+            let mut from = 1;
+            while let Some(msg) = read::next(&self.streams.signed, &filter, from).await? {
+                from = msg.sequence + 1;
+                if let Ok(request) = serde_json::from_slice::<SignedRequest>(&msg.payload)
+                    && request.project == project
+                    && request.payment_id == payment_id
+                {
+                    signed.push(request);
+                }
+            }
+            let mut events = Vec::new();
+            let filter = names::payment_filter(partition, &lane);
+            let mut from = 1;
+            while let Some(msg) = read::next(&self.streams.events, &filter, from).await? {
+                from = msg.sequence + 1;
+                let mut event = record::decode_event(msg.sequence, &msg.payload)?;
+                // The token is a hash: another payment may share it.
+                if event.order_key != lane {
+                    continue;
+                }
+                event.partition = partition;
+                let mut deliveries = Vec::new();
+                for endpoint in &event.endpoints {
+                    let state = self.delivery_state(partition, event.seq, endpoint).await?;
+                    deliveries.push((endpoint.clone(), state));
+                }
+                events.push(EventView { event, deliveries });
+            }
+            Ok(PaymentView { signed, events })
         })
     }
 

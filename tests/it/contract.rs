@@ -74,6 +74,7 @@ contract!(
     order_per_payment_holds_while_another_payments_event_retries,
     sigkill_during_delivery_delivers_every_event_after_restart,
     a_dead_endpoint_fills_the_dead_letters_and_replay_delivers_them,
+    a_payment_timeline_lists_its_callbacks_and_their_deliveries,
 );
 
 /// A config with `[delivery]` = `delivery` and project 77 with `endpoints`, each
@@ -673,4 +674,40 @@ max_queued = 3"#,
     let (status, text) = g.admin_get("/admin/endpoints");
     assert_eq!(status, 200);
     assert!(text.contains(r#""endpoint":"77/gone""#), "{text}");
+}
+
+fn a_payment_timeline_lists_its_callbacks_and_their_deliveries(engine: &Engine) {
+    let ep = Endpoint::ok();
+    let g = engine.start(&config(FAST, &[("ledger", &ep.url(), "")]));
+    let mine = [
+        callback("otp-1", 61, "mobile", "awaiting clarification"),
+        callback("otp-1", 62, "mobile", "success"),
+    ];
+    for body in &mine {
+        accept(&g, body);
+    }
+    accept(&g, &callback("otp-2", 63, "mobile", "success"));
+    assert!(ep.wait_delivered(3, engine.patience()), "{}", g.log());
+    g.wait_idle(engine.patience());
+    let (status, text) = g.admin_get("/admin/payments/77/otp-1");
+    assert_eq!(status, 200, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let callbacks = v["callbacks"].as_array().unwrap();
+    let ops: Vec<u64> = callbacks
+        .iter()
+        .map(|c| c["body"]["operation"]["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ops, [61, 62], "{v}");
+    assert_eq!(
+        callbacks[0]["operation"]["status"],
+        "awaiting clarification"
+    );
+    assert_eq!(callbacks[1]["operation"]["status"], "success");
+    for c in callbacks {
+        assert_eq!(c["deliveries"][0]["endpoint"], "77/ledger", "{c}");
+        assert_eq!(c["deliveries"][0]["status"], "delivered", "{c}");
+    }
+    assert_eq!(v["signed"], serde_json::json!([]));
+    let (_, other) = g.admin_get("/admin/payments/77/nobody");
+    assert!(other.contains(r#""callbacks":[]"#), "{other}");
 }

@@ -6,14 +6,19 @@
 //! recovery skip a full scan, but start-up verifies the whole file anyway
 //! (`storage.verify_on_open`), so it would buy nothing (BENCHMARKS.md):
 //! - `meta`: `"next_seq" -> u64`.
-//! - `events`: `seq -> record` (`record.rs`), kept while a delivery of it is pending or
-//!   dead; one that no endpoint wanted goes when its dedup key expires.
+//! - `events`: `seq -> record` (`record.rs`), kept as long as its dedup key (for the
+//!   payment's timeline), and after that while a delivery of it is pending or dead.
 //! - `dedup_by_seq`: `(expires_s, seq) -> key`: ordered by expiry so a sweep deletes
 //!   from the front (at most `SWEEP_CHUNK` keys per commit), and by seq within it so a
 //!   commit appends at the tree's right edge
 //!   (keyed by the digest, 64 inserts dirtied up to 64 random leaves: 2x slower).
 //! - `deliveries`: `(seq, endpoint key) -> state` for every delivery not yet done.
 //! - `dead`: `(endpoint key, seq) -> state` for deliveries that ran out of attempts.
+//! - `events_by_lane`: `(order key, seq) -> ()` for every kept event: a payment's
+//!   timeline without a scan.
+//! - `signed`: `(at_ms, id) -> request` (JSON) for requests the merchant listener
+//!   signed, kept for the dedup window and swept with the keys;
+//!   `signed_by_lane`: `(order key, at_ms, id) -> ()`.
 //!
 //! Plus `commit.mark`: the last committed `next_seq`, rewritten (not synced) after every
 //! commit. If redb ever opens behind it (a damaged file repaired to an older commit),
@@ -27,13 +32,17 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 
 use crate::dedup::DedupKey;
 use crate::store::record;
-use crate::store::{EndpointKey, Event, StoreError};
+use crate::store::{EndpointKey, Event, SignedRequest, StoreError};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const DEDUP: TableDefinition<(u32, u64), u128> = TableDefinition::new("dedup_by_seq");
 const DELIVERIES: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("deliveries");
 const DEAD: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("dead");
+const BY_LANE: TableDefinition<(&str, u64), ()> = TableDefinition::new("events_by_lane");
+const SIGNED: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("signed");
+const SIGNED_BY_LANE: TableDefinition<(&str, u64, u64), ()> =
+    TableDefinition::new("signed_by_lane");
 
 macro_rules! storage_err {
     ($($t:ty),*) => {$(
@@ -87,6 +96,11 @@ pub struct Group {
     pub events: Vec<(Event, u32)>,
     pub updates: Vec<Update>,
     pub sweep_before: Option<u32>,
+    /// Signed requests to keep, each with its id.
+    pub signed: Vec<(u64, SignedRequest)>,
+    /// The dedup window's start (ms): signed requests made before it go (a chunk per
+    /// commit), and so does an event accepted before it once its last delivery ends.
+    pub window_start_ms: Option<u64>,
     pub next_seq: u64,
 }
 
@@ -162,6 +176,9 @@ impl Journal {
             tx.open_table(DEDUP)?;
             tx.open_table(DELIVERIES)?;
             tx.open_table(DEAD)?;
+            tx.open_table(BY_LANE)?;
+            tx.open_table(SIGNED)?;
+            tx.open_table(SIGNED_BY_LANE)?;
         }
         tx.commit()?;
         Ok(())
@@ -212,8 +229,10 @@ impl Journal {
             let mut dedup = tx.open_table(DEDUP)?;
             let mut deliveries = tx.open_table(DELIVERIES)?;
             let mut dead = tx.open_table(DEAD)?;
+            let mut by_lane = tx.open_table(BY_LANE)?;
             for (event, expires) in &group.events {
                 events.insert(event.seq, record::encode(event).as_slice())?;
+                by_lane.insert((event.order_key.as_str(), event.seq), ())?;
                 dedup.insert((*expires, event.seq), event.dedup.0)?;
                 for endpoint in &event.endpoints {
                     deliveries.insert((event.seq, endpoint.as_str()), [].as_slice())?;
@@ -221,11 +240,14 @@ impl Journal {
             }
             // Events that may have lost their last reason to stay.
             let mut released = Vec::new();
+            let mut done = Vec::new();
             for update in &group.updates {
                 match update {
                     Update::Done { seq, endpoint } => {
+                        // The event stays for its payment's timeline until its key
+                        // expires (the sweep below), or goes now if it already did.
                         deliveries.remove((*seq, endpoint.as_str()))?;
-                        released.push(*seq);
+                        done.push(*seq);
                     }
                     Update::Retry {
                         seq,
@@ -253,8 +275,8 @@ impl Journal {
                 }
             }
             if let Some(before) = before {
-                // An unrouted event (or one every endpoint took while its key lived) is
-                // kept only for its dedup key: it goes with the key.
+                // An event is kept for its dedup key: it goes with the key, unless a
+                // delivery of it is still pending or dead.
                 let expired = dedup
                     .range((0, 0)..(before, 0))?
                     .take(SWEEP_CHUNK)
@@ -268,23 +290,56 @@ impl Journal {
                     unfinished = Some(before);
                 }
             }
-            // An event goes once no delivery of it is pending and none is dead. Dead
-            // letters are keyed by endpoint first, so each of the event's endpoints is
-            // looked up (a scan of them all cost 5.6 ms per commit beside 100 k).
+            if let Some(start) = group.window_start_ms {
+                for seq in done {
+                    if let Some(raw) = events.get(seq)?
+                        && record::decode_head(seq, raw.value())?.accepted_ms < start
+                    {
+                        released.push(seq);
+                    }
+                }
+            }
+            // An event whose key expired goes once no delivery of it is pending and none
+            // is dead. Dead letters are keyed by endpoint first, so each of the event's
+            // endpoints is looked up (a scan of them all cost 5.6 ms per commit beside
+            // 100 k).
             for seq in released {
                 if deliveries.range((seq, "")..(seq + 1, ""))?.next().is_some() {
                     continue;
                 }
-                let endpoints = match events.get(seq)? {
-                    Some(raw) => record::decode_head(seq, raw.value())?.endpoints,
+                let head = match events.get(seq)? {
+                    Some(raw) => record::decode_head(seq, raw.value())?,
                     None => continue,
                 };
                 let mut dead_any = false;
-                for endpoint in &endpoints {
+                for endpoint in &head.endpoints {
                     dead_any |= dead.get((endpoint.as_str(), seq))?.is_some();
                 }
                 if !dead_any {
                     events.remove(seq)?;
+                    by_lane.remove((head.order_key.as_str(), seq))?;
+                }
+            }
+            let mut signed = tx.open_table(SIGNED)?;
+            let mut signed_by_lane = tx.open_table(SIGNED_BY_LANE)?;
+            for (id, request) in &group.signed {
+                let lane = crate::store::lane(request.project, &request.payment_id);
+                let raw = serde_json::to_vec(request).map_err(StoreError::unavailable)?;
+                signed.insert((request.at_ms, *id), raw.as_slice())?;
+                signed_by_lane.insert((lane.as_str(), request.at_ms, *id), ())?;
+            }
+            if let Some(before) = group.window_start_ms {
+                let old = signed
+                    .range((0, 0)..(before, 0))?
+                    .take(SWEEP_CHUNK)
+                    .map(|row| row.map(|(k, v)| (k.value(), v.value().to_vec())))
+                    .collect::<Result<Vec<_>, _>>()?;
+                for ((at_ms, id), raw) in old {
+                    signed.remove((at_ms, id))?;
+                    if let Ok(r) = serde_json::from_slice::<SignedRequest>(&raw) {
+                        let lane = crate::store::lane(r.project, &r.payment_id);
+                        signed_by_lane.remove((lane.as_str(), at_ms, id))?;
+                    }
                 }
             }
             tx.open_table(META)?.insert("next_seq", group.next_seq)?;
@@ -326,6 +381,51 @@ impl Journal {
             dedup,
             pending,
         })
+    }
+
+    /// Event `seq` and where each of its deliveries stands.
+    pub fn view(&self, seq: u64) -> Result<Option<crate::store::EventView>, StoreError> {
+        use crate::store::DeliveryState;
+        let Some(event) = self.event(seq)? else {
+            return Ok(None);
+        };
+        let deliveries = event
+            .endpoints
+            .iter()
+            .map(|ep| {
+                let state = match self.delivery(seq, ep.as_str())? {
+                    None => DeliveryState::Delivered,
+                    Some((true, raw)) => DeliveryState::Dead(raw),
+                    Some((false, raw)) => DeliveryState::Pending(raw),
+                };
+                Ok((ep.clone(), state))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok(Some(crate::store::EventView { event, deliveries }))
+    }
+
+    /// The seqs of the events kept for `lane`, and its signed requests, oldest first.
+    pub fn lane(&self, lane: &str) -> Result<(Vec<u64>, Vec<SignedRequest>), StoreError> {
+        let tx = self.db.begin_read()?;
+        let seqs = tx
+            .open_table(BY_LANE)?
+            .range((lane, 0)..=(lane, u64::MAX))?
+            .map(|r| r.map(|(k, _)| k.value().1))
+            .collect::<Result<Vec<_>, _>>()?;
+        let signed = tx.open_table(SIGNED)?;
+        let mut requests = Vec::new();
+        for row in tx
+            .open_table(SIGNED_BY_LANE)?
+            .range((lane, 0, 0)..=(lane, u64::MAX, u64::MAX))?
+        {
+            let (_, at_ms, id) = row?.0.value();
+            if let Some(raw) = signed.get((at_ms, id))?
+                && let Ok(request) = serde_json::from_slice(raw.value())
+            {
+                requests.push(request);
+            }
+        }
+        Ok((seqs, requests))
     }
 
     pub fn event(&self, seq: u64) -> Result<Option<Event>, StoreError> {
@@ -463,6 +563,7 @@ mod tests {
             updates,
             sweep_before: sweep,
             next_seq: 10,
+            ..Group::default()
         };
         journal.commit(&group).unwrap();
     }
@@ -580,8 +681,8 @@ mod tests {
             "kept while its key lives"
         );
         assert!(
-            journal.event(3).unwrap().is_none(),
-            "delivered: gone at once"
+            journal.event(3).unwrap().is_some(),
+            "delivered: kept for the timeline while its key lives"
         );
 
         commit(&journal, vec![], vec![], Some(200));
@@ -592,5 +693,49 @@ mod tests {
         let recovered = journal.recover(150).unwrap();
         assert_eq!(recovered.dedup, [(DedupKey(5), 300)]);
         assert_eq!(recovered.pending, [(2, key("a"))]);
+    }
+
+    #[test]
+    fn a_lane_lists_its_events_and_signed_requests_until_the_window_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path(), false, 1 << 20).unwrap();
+        let signed = |at_ms, payment: &str| SignedRequest {
+            at_ms,
+            project: 1234,
+            payment_id: payment.into(),
+            path: "/v2/payment/clarification".into(),
+            status: 200,
+            duration_ms: 3,
+        };
+        let mut e = event(1, &["a"]);
+        e.order_key = "1234/p".into();
+        e.accepted_ms = 1_000;
+        journal
+            .commit(&Group {
+                events: vec![(e, 100)],
+                signed: vec![(1, signed(5_000, "p")), (2, signed(6_000, "q"))],
+                next_seq: 2,
+                ..Group::default()
+            })
+            .unwrap();
+        let (seqs, requests) = journal.lane("1234/p").unwrap();
+        assert_eq!((seqs, requests.len()), (vec![1], 1));
+        assert_eq!(requests[0].at_ms, 5_000);
+        // The window now starts at 5.5 s: the old request goes, and the event goes
+        // with its last delivery, its acceptance being before the window too.
+        journal
+            .commit(&Group {
+                updates: vec![Update::Done {
+                    seq: 1,
+                    endpoint: key("a"),
+                }],
+                window_start_ms: Some(5_500),
+                next_seq: 2,
+                ..Group::default()
+            })
+            .unwrap();
+        assert_eq!(journal.lane("1234/p").unwrap(), (vec![], vec![]));
+        assert_eq!(journal.lane("1234/q").unwrap().1.len(), 1);
+        assert!(journal.event(1).unwrap().is_none());
     }
 }

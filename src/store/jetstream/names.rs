@@ -16,6 +16,8 @@ pub struct Names {
     pub dead: String,
     /// check_deposit answers: `term.>`.
     pub answers: String,
+    /// Requests the merchant listener signed, for payment timelines: `sg.>`.
+    pub signed: String,
     /// KV: node heartbeats and partition leases.
     pub nodes: String,
     /// KV: paused endpoints.
@@ -31,6 +33,7 @@ impl Names {
             deliveries: format!("{stream}_DLV"),
             dead: format!("{stream}_DEAD"),
             answers: format!("{stream}_TERM"),
+            signed: format!("{stream}_SIGNED"),
             nodes: format!("{stream}_NODES"),
             control: format!("{stream}_CTL"),
             status: format!("cbgate.{stream}.status"),
@@ -67,6 +70,16 @@ pub fn event_subject(partition: u16, order_key: &str, key: DedupKey) -> String {
 /// All events of one payment.
 pub fn payment_filter(partition: u16, order_key: &str) -> String {
     format!("cb.{partition}.{}.*", payment_token(order_key))
+}
+
+/// A request signed for a payment, `id` making it unique.
+pub fn signed_subject(partition: u16, order_key: &str, id: &str) -> String {
+    format!("sg.{partition}.{}.{id}", payment_token(order_key))
+}
+
+/// Every request signed for one payment.
+pub fn signed_filter(partition: u16, order_key: &str) -> String {
+    format!("sg.{partition}.{}.*", payment_token(order_key))
 }
 
 fn payment_token(order_key: &str) -> String {

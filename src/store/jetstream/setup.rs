@@ -31,6 +31,7 @@ pub struct Streams {
     pub deliveries: stream::Stream,
     pub dead: stream::Stream,
     pub answers: stream::Stream,
+    pub signed: stream::Stream,
     pub nodes: kv::Store,
     pub control: kv::Store,
 }
@@ -181,7 +182,15 @@ async fn try_ensure(
         num_replicas: replicas,
         ..Default::default()
     };
-    for config in [events, deliveries, dead, answers] {
+    let signed = stream::Config {
+        name: names.signed.clone(),
+        description: Some("cbgate: requests signed for merchants, for payment timelines".into()),
+        subjects: vec!["sg.>".into()],
+        max_age: storage.dedup_window,
+        num_replicas: replicas,
+        ..Default::default()
+    };
+    for config in [events, deliveries, dead, answers, signed] {
         let name = config.name.clone();
         js.create_or_update_stream(config).await.map_err(|e| {
             let text = e.to_string();
@@ -247,6 +256,7 @@ async fn try_ensure(
         deliveries: get(&names.deliveries).await?,
         dead: get(&names.dead).await?,
         answers: get(&names.answers).await?,
+        signed: get(&names.signed).await?,
         nodes,
         control,
     })
