@@ -31,6 +31,7 @@ pub const DELIVERY_EXPIRED_TOTAL: &str = "cbgate_delivery_expired_total";
 pub const STORE_MALFORMED_TOTAL: &str = "cbgate_store_malformed_records_total";
 pub const STORE_WRITE_FAILURES_TOTAL: &str = "cbgate_store_write_failures_total";
 pub const STORE_HELD_DELIVERIES: &str = "cbgate_store_held_deliveries";
+pub const STORE_UNSAVED_CURSORS: &str = "cbgate_store_unsaved_cursors";
 pub const STORE_PARTITIONS_OWNED: &str = "cbgate_store_partitions_owned";
 pub const STORE_NODES_LIVE: &str = "cbgate_store_nodes_live";
 pub const TERMINAL_SECONDS: &str = "cbgate_terminal_duration_seconds";

@@ -7,23 +7,26 @@
 //!   published with `Nats-Expected-Last-Subject-Sequence: 0`. Its ack makes it the
 //!   dedup record and the queue entry at once: no crash window between them.
 //! - Partitions: `hash(project/payment) % storage.partitions`, so one payment's events
-//!   share one. Each partition has a durable consumer `dlv-<p>` and one owner at a
-//!   time (`owner.rs`: heartbeats, rendezvous hashing, leases).
-//! - Deliveries (`ledger.rs`): the owner hands a partition's events to this node's
-//!   delivery engine (whose lanes keep per-payment order) and acks each message once
-//!   every endpoint is done, dead, or parked in `CBGATE_DLV` with its attempt log.
-//!   Dead letters, each with its event, are in `CBGATE_DEAD`; a replay is a message
-//!   `rp.<partition>.<seq>.<endpoint>` delivered through the partition's owner.
+//!   share one. Each partition has one owner at a time (`owner.rs`: heartbeats,
+//!   rendezvous hashing, leases).
+//! - Deliveries (`ledger.rs`): the owner reads a partition's messages in order, hands
+//!   its events to this node's delivery engine (whose lanes keep per-payment order),
+//!   and settles each message once every endpoint is done, dead, or parked in
+//!   `CBGATE_DLV` with its attempt log; the partition's cursor (`cursor.rs`, in
+//!   `CBGATE_CURSOR`) says how far that got. Dead letters, each with its event, are in
+//!   `CBGATE_DEAD`; a replay is a message `rp.<partition>.<seq>.<endpoint>` delivered
+//!   through the partition's owner.
 //! - Shared by all nodes: paused endpoints and endpoint states (`control.rs`), and
 //!   check_deposit answers (`answers.rs`).
 //!
 //! At least once: a node that dies mid-delivery leaves each delivery parked (resumed
-//! by the next owner, never sent again once recorded done) or unacked (sent again
-//! after `ACK_WAIT`). A merchant sees a duplicate only for a delivery whose event was
-//! in flight on the dying node.
+//! by the next owner, never sent again once recorded done) or its message open (read
+//! again by the next owner from the partition's cursor). A merchant sees a duplicate
+//! only for a delivery whose event was in flight on the dying node.
 
 mod answers;
 mod control;
+mod cursor;
 mod intake;
 mod ledger;
 pub mod names;
@@ -284,14 +287,8 @@ impl JetStream {
             let (state, _) = record::decode_kept(seq, &msg.payload)?;
             return Ok(DeliveryState::Dead(state));
         }
-        let floor = self
-            .streams
-            .events
-            .consumer_info(self.names.consumer(partition))
-            .await
-            .map(|i| i.ack_floor.stream_sequence)
-            .map_err(StoreError::unavailable)?;
-        Ok(if seq <= floor {
+        let cursor = ledger::read_cursor(&self.streams, partition).await?;
+        Ok(if cursor.is_settled(seq) {
             DeliveryState::Delivered
         } else {
             DeliveryState::InFlight

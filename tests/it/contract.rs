@@ -512,9 +512,12 @@ max_in_flight = 4"#,
         "{}",
         g.log()
     );
-    assert!(eventually(engine.patience(), || g
-        .metric("cbgate_store_held_deliveries", &[])
-        == 0.0));
+    // Kill once every delivery is durable in the store: none held only in memory, and
+    // every partition's progress written.
+    assert!(eventually(engine.patience(), || {
+        g.metric("cbgate_store_held_deliveries", &[]) == 0.0
+            && g.metric("cbgate_store_unsaved_cursors", &[]) == 0.0
+    }));
     g.kill();
     gate.open();
     g.spawn();
@@ -689,6 +692,11 @@ fn a_payment_timeline_lists_its_callbacks_and_their_deliveries(engine: &Engine) 
     accept(&g, &callback("otp-2", 63, "mobile", "success"));
     assert!(ep.wait_delivered(3, engine.patience()), "{}", g.log());
     g.wait_idle(engine.patience());
+    // Every node sees a delivery as delivered once its partition's progress is saved.
+    assert!(eventually(engine.patience(), || {
+        let (_, text) = g.admin_get("/admin/payments/77/otp-1");
+        text.matches(r#""status":"delivered""#).count() == 2
+    }));
     let (status, text) = g.admin_get("/admin/payments/77/otp-1");
     assert_eq!(status, 200, "{text}");
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();

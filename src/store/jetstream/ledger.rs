@@ -1,20 +1,27 @@
-//! The deliveries of the partitions this node owns: one task (an actor) that pulls
-//! each owned partition's consumer, hands events to the delivery engine, and makes
-//! every outcome durable in JetStream before the message that carried it is acked.
+//! The deliveries of the partitions this node owns: one task (an actor) that reads
+//! each owned partition's messages in order, hands events to the delivery engine, and
+//! makes every outcome durable in JetStream.
 //!
-//! A delivery is in one of two places:
-//! - **held**: its event message is unacked on this node (first attempts, or waiting
-//!   behind an earlier event of its payment). The ack goes once every endpoint of the
-//!   message is done, dead, or parked.
+//! A message of a partition is **open** until each of its endpoints is done, dead or
+//! parked; then it is **settled**. A delivery is in one of two places:
+//! - **held**: in this node's memory only (first attempts, or waiting behind an earlier
+//!   event of its payment). Its message is open.
 //! - **parked**: a record `dlv.<partition>.<seq>.<endpoint>` holds its attempt log and
 //!   where its body is. A failed attempt parks at once, and so does a delivery the
 //!   worker has no room for (`defer`); one held longer than `PARK_AFTER` is parked as
-//!   it stands. So no message stays unacked for long (a failing endpoint never fills a
-//!   partition's ack window), and a crash leaves every delivery either parked or
-//!   unacked (sent again to the next owner after `ACK_WAIT`).
+//!   it stands.
+//!
+//! Each partition's **cursor** (`cursor.rs`: everything settled up to a watermark,
+//! and what is settled above it) is written to the cursors bucket when it moved, at
+//! most every `SAVE_EVERY` and one write at a time. A node that takes a partition over reads its parked records and resumes
+//! from the cursor: a message open when its owner died is handled again (a duplicate
+//! only for a delivery that was in flight), nothing settled is. Why not a durable
+//! consumer acked per message: its per-message state is replicated in one Raft group
+//! per partition, and at 64 partitions that cut intake on R3 from 5,686 to 412
+//! publishes/s on this machine (BENCHMARKS.md); ordered consumers keep no such state.
 //!
 //! Order per payment: a worker takes a payment's deliveries in seq order, from the
-//! consumer or from the records. An event whose payment still has a delivery parked
+//! partition or from the records. An event whose payment still has a delivery parked
 //! at an endpoint is parked there too, behind it; and a worker reads the records a
 //! claim found only once it has that claim's notice (`Spot::horizon`).
 //!
@@ -27,13 +34,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, consumer, message::Acker};
+use async_nats::jetstream::{self, consumer};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::cursor::Cursor;
 use super::names::{self, Names};
 use super::parked::{Index, Spot};
 use super::read;
@@ -42,8 +50,15 @@ use super::setup::{REQUEST_TIMEOUT, Streams};
 use crate::metrics as m;
 use crate::store::{EndpointKey, Event, Notice, Settle, StoreError};
 
-/// A delivery held this long without an outcome is parked, and its message acked.
+/// A delivery held this long without an outcome is parked, so its message settles.
 const PARK_AFTER: Duration = Duration::from_secs(2);
+
+/// A partition's cursor is written at most this often: what settled since its last
+/// write is handled again after a crash.
+const SAVE_EVERY: Duration = Duration::from_millis(100);
+
+/// Open messages one partition may have in memory; its reading waits beyond.
+const OPEN_PER_PARTITION: usize = 512;
 
 /// Header on the marker that replaces a delivery record once the delivery is done.
 const DONE: &str = "Cbgate-Done";
@@ -55,6 +70,7 @@ enum Cmd {
     },
     Scanned {
         partition: u16,
+        cursor: Cursor,
         rows: Vec<(u64, EndpointKey, Parked)>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
@@ -63,13 +79,19 @@ enum Cmd {
         graceful: bool,
         reply: oneshot::Sender<()>,
     },
-    Released {
+    /// The release's parks are written: write the cursor, then forget the partition.
+    Parked {
+        partition: u16,
+        reply: oneshot::Sender<()>,
+    },
+    Forget {
         partition: u16,
         reply: oneshot::Sender<()>,
     },
     Message {
         partition: u16,
         msg: Box<jetstream::Message>,
+        permit: OwnedSemaphorePermit,
     },
     Settle {
         event: Arc<Event>,
@@ -94,6 +116,7 @@ enum Cmd {
         reply: oneshot::Sender<ParkedPage>,
     },
     Tick,
+    Save,
 }
 
 /// Parked deliveries of one endpoint as `(seq, spot)`, and whether that is all of them.
@@ -107,24 +130,42 @@ enum Then {
         seq: u64,
         endpoint: EndpointKey,
     },
-    /// A replay's delivery record is written: drop its dead letter, ack the replay.
+    /// A replay's delivery record is written: drop its dead letter; the replay message
+    /// (`body_seq`) is settled.
     Replayed {
-        acker: Box<Acker>,
+        partition: u16,
+        body_seq: u64,
         seq: u64,
         endpoint: EndpointKey,
+        permit: OwnedSemaphorePermit,
+    },
+    /// A partition's cursor is written (or, failing, still to write).
+    Cursor {
+        partition: u16,
     },
 }
 
-/// An unacked event message and the endpoints that still need it.
+/// An open event message and the endpoints that still need it.
 struct Held {
     partition: u16,
     lane: Arc<str>,
-    acker: Acker,
     since: Instant,
     /// Each endpoint still to settle, with its latest attempt log (empty: none yet).
     outstanding: HashMap<EndpointKey, Vec<u8>>,
     /// Endpoints whose record is being written.
     writing: HashSet<EndpointKey>,
+    /// Its place among the partition's open messages.
+    _permit: OwnedSemaphorePermit,
+}
+
+/// A partition this node delivers.
+struct Owned {
+    reader: Option<JoinHandle<()>>,
+    cursor: Cursor,
+    /// A write of the cursor is under way.
+    saving: bool,
+    /// Handing over: outcomes from workers no longer count, the parks of the handover do.
+    releasing: bool,
 }
 
 /// The ledger's handle.
@@ -138,8 +179,7 @@ struct Actor {
     js: jetstream::Context,
     streams: Arc<Streams>,
     names: Names,
-    /// Owned partitions and the task pulling each one's consumer.
-    owned: HashMap<u16, Option<JoinHandle<()>>>,
+    owned: HashMap<u16, Owned>,
     held: HashMap<u64, Held>,
     /// Deliveries held, over all held messages.
     outstanding: usize,
@@ -179,29 +219,34 @@ impl Ledger {
             notices,
         };
         tokio::spawn(actor.run(rx));
-        let ticker = tx.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(PARK_AFTER / 4);
-            loop {
-                tick.tick().await;
-                if ticker.send(Cmd::Tick).is_err() {
-                    return;
+        let ticks: [(Duration, fn() -> Cmd); 2] =
+            [(PARK_AFTER / 4, || Cmd::Tick), (SAVE_EVERY, || Cmd::Save)];
+        for (every, cmd) in ticks {
+            let ticker = tx.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    if ticker.send(cmd()).is_err() {
+                        return;
+                    }
                 }
-            }
-        });
+            });
+        }
         Ledger { tx }
     }
 
-    /// Starts delivering `partition` (its lease is this node's): reads its parked
-    /// deliveries, then pulls its consumer.
+    /// Starts delivering `partition` (its lease is this node's): reads its cursor and
+    /// parked deliveries, then its messages from the cursor on.
     pub async fn claim(&self, partition: u16) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
         self.send(Cmd::Claim { partition, reply })?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Stops delivering `partition`. `graceful`: park what is held first, so the next
-    /// owner starts at once; otherwise (the lease is lost) just forget it.
+    /// Stops delivering `partition`. `graceful`: park what is held and write the cursor
+    /// first, so the next owner starts where this one stopped; otherwise (the lease is
+    /// lost) just forget it.
     pub async fn release(&self, partition: u16, graceful: bool) {
         let (reply, rx) = oneshot::channel();
         if self
@@ -272,38 +317,37 @@ impl Ledger {
 impl Actor {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
         let held = metrics::gauge!(m::STORE_HELD_DELIVERIES);
+        let unsaved = metrics::gauge!(m::STORE_UNSAVED_CURSORS);
         while let Some(cmd) = rx.recv().await {
             match cmd {
                 Cmd::Claim { partition, reply } => self.claim(partition, reply),
                 Cmd::Scanned {
                     partition,
+                    cursor,
                     rows,
                     reply,
-                } => self.scanned(partition, rows, reply),
+                } => self.scanned(partition, cursor, rows, reply),
                 Cmd::Release {
                     partition,
                     graceful,
                     reply,
                 } => self.release(partition, graceful, reply).await,
-                Cmd::Released { partition, reply } => {
-                    // What could not be parked goes back to the consumer now, for the
-                    // next owner, rather than after the ack wait.
-                    let gone: Vec<u64> = self
-                        .held
-                        .iter()
-                        .filter(|(_, h)| h.partition == partition)
-                        .map(|(seq, _)| *seq)
-                        .collect();
-                    for seq in gone {
-                        if let Some(h) = self.held.remove(&seq) {
-                            self.outstanding -= h.outstanding.len();
-                            let _ = h.acker.ack_with(jetstream::AckKind::Nak(None)).await;
-                        }
+                Cmd::Parked { partition, reply } => {
+                    if let Some(o) = self.owned.get(&partition) {
+                        let record = o.cursor.encode();
+                        self.write_cursor(partition, record).await;
                     }
-                    self.parked.drop_partition(partition);
+                    self.after_writes(Cmd::Forget { partition, reply });
+                }
+                Cmd::Forget { partition, reply } => {
+                    self.forget(partition);
                     let _ = reply.send(());
                 }
-                Cmd::Message { partition, msg } => self.arrive(partition, *msg).await,
+                Cmd::Message {
+                    partition,
+                    msg,
+                    permit,
+                } => self.arrive(partition, *msg, permit).await,
                 Cmd::Settle {
                     event,
                     endpoint,
@@ -326,10 +370,18 @@ impl Actor {
                     let _ = reply.send(self.parked.page(&endpoint, from, limit, horizon));
                 }
                 Cmd::Tick => self.park_stale().await,
+                Cmd::Save => self.write_cursors().await,
             }
-            // Exact after every step: a test may wait for it to reach zero.
+            // Exact after every step: a test may wait for them to reach zero.
             held.set(self.outstanding as f64);
+            let moved = self.owned.values().filter(|o| o.cursor.dirty || o.saving);
+            unsaved.set(moved.count() as f64);
         }
+    }
+
+    /// True while this node delivers `partition` (not handing it over).
+    fn delivers(&self, partition: u16) -> bool {
+        self.owned.get(&partition).is_some_and(|o| !o.releasing)
     }
 
     fn claim(&mut self, partition: u16, reply: oneshot::Sender<Result<(), StoreError>>) {
@@ -337,22 +389,35 @@ impl Actor {
             let _ = reply.send(Ok(()));
             return;
         }
-        self.owned.insert(partition, None);
-        let (tx, deliveries) = (self.tx.clone(), self.streams.deliveries.clone());
+        self.owned.insert(
+            partition,
+            Owned {
+                reader: None,
+                cursor: Cursor::default(),
+                saving: false,
+                releasing: false,
+            },
+        );
+        let (tx, streams) = (self.tx.clone(), self.streams.clone());
         tokio::spawn(async move {
-            match scan(&deliveries, partition).await {
-                Ok(rows) => {
+            let found = async {
+                let cursor = read_cursor(&streams, partition).await?;
+                let rows = scan(&streams.deliveries, partition).await?;
+                Ok::<_, StoreError>((cursor, rows))
+            };
+            match found.await {
+                Ok((cursor, rows)) => {
                     let _ = tx.send(Cmd::Scanned {
                         partition,
+                        cursor,
                         rows,
                         reply,
                     });
                 }
                 Err(e) => {
                     // Not claimed after all: the owner tries again on its next round.
-                    let _ = tx.send(Cmd::Release {
+                    let _ = tx.send(Cmd::Forget {
                         partition,
-                        graceful: false,
                         reply: oneshot::channel().0,
                     });
                     let _ = reply.send(Err(e));
@@ -364,26 +429,28 @@ impl Actor {
     fn scanned(
         &mut self,
         partition: u16,
+        cursor: Cursor,
         rows: Vec<(u64, EndpointKey, Parked)>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     ) {
-        match self.owned.get_mut(&partition) {
-            Some(task @ None) => {
-                *task = Some(tokio::spawn(pull(
-                    self.streams.events.clone(),
-                    self.names.consumer(partition),
-                    partition,
-                    self.tx.clone(),
-                )));
-            }
-            // Released while the scan ran.
-            _ => {
-                let _ = reply.send(Err(StoreError::Unavailable(format!(
-                    "partition {partition} released during its claim"
-                ))));
-                return;
-            }
-        }
+        let Some(owned) = self
+            .owned
+            .get_mut(&partition)
+            .filter(|o| o.reader.is_none() && !o.releasing)
+        else {
+            let _ = reply.send(Err(StoreError::Unavailable(format!(
+                "partition {partition} released during its claim"
+            ))));
+            return;
+        };
+        let start = cursor.watermark + 1;
+        owned.cursor = cursor;
+        owned.reader = Some(tokio::spawn(read(
+            self.streams.events.clone(),
+            partition,
+            start,
+            self.tx.clone(),
+        )));
         self.claims += 1;
         let horizon = self.claims;
         let mut found: BTreeMap<EndpointKey, (u64, u64)> = BTreeMap::new();
@@ -400,7 +467,7 @@ impl Actor {
             self.parked.insert(endpoint, seq, spot);
         }
         let parked: u64 = found.values().map(|(_, n)| n).sum();
-        tracing::info!(partition, parked, "partition claimed");
+        tracing::info!(partition, parked, from = start, "partition claimed");
         for (endpoint, (from, added)) in found {
             let _ = self.notices.send(Notice::Rescan {
                 endpoint,
@@ -413,71 +480,113 @@ impl Actor {
     }
 
     async fn release(&mut self, partition: u16, graceful: bool, reply: oneshot::Sender<()>) {
-        let Some(task) = self.owned.remove(&partition) else {
+        let Some(owned) = self.owned.get_mut(&partition) else {
             let _ = reply.send(());
             return;
         };
-        if let Some(task) = task {
-            task.abort();
+        owned.releasing = true;
+        if let Some(reader) = owned.reader.take() {
+            reader.abort();
         }
         let _ = self.notices.send(Notice::Release {
             partitions: vec![partition],
         });
-        if graceful {
-            // Park what is held, so the next owner finds it at once instead of after
-            // the ack wait; what cannot be written is sent to it again.
-            let seqs: Vec<u64> = self
-                .held
-                .iter()
-                .filter(|(_, h)| h.partition == partition)
-                .map(|(seq, _)| *seq)
-                .collect();
-            for seq in seqs {
-                self.park(seq, None).await;
-            }
-        }
         tracing::info!(partition, graceful, "partition released");
-        // Once the parks are acknowledged (and their messages acked), forget the rest.
+        if !graceful {
+            // Another node may own it already: nothing more is written for it.
+            self.forget(partition);
+            let _ = reply.send(());
+            return;
+        }
+        // Park what is held, then write the cursor: the next owner starts where this
+        // one stopped, with nothing handled twice.
+        let seqs: Vec<u64> = self
+            .held
+            .iter()
+            .filter(|(_, h)| h.partition == partition)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in seqs {
+            self.park(seq, None).await;
+        }
+        self.after_writes(Cmd::Parked { partition, reply });
+    }
+
+    /// Sends `cmd` to the actor once every write made so far is acknowledged.
+    fn after_writes(&mut self, cmd: Cmd) {
         let (done, wait) = oneshot::channel();
         self.flushes.push((self.next_write, done));
         self.answer_flushes();
         let tx = self.tx.clone();
         tokio::spawn(async move {
             let _ = wait.await;
-            let _ = tx.send(Cmd::Released { partition, reply });
+            let _ = tx.send(cmd);
         });
     }
 
-    async fn arrive(&mut self, partition: u16, msg: jetstream::Message) {
-        if !self.owned.contains_key(&partition) {
-            // Pulled just before a release: back to the consumer for the next owner.
-            let _ = msg.ack_with(jetstream::AckKind::Nak(None)).await;
+    /// Drops everything of `partition` from memory.
+    fn forget(&mut self, partition: u16) {
+        if let Some(owned) = self.owned.remove(&partition)
+            && let Some(reader) = owned.reader
+        {
+            reader.abort();
+        }
+        let gone: Vec<u64> = self
+            .held
+            .iter()
+            .filter(|(_, h)| h.partition == partition)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in gone {
+            if let Some(h) = self.held.remove(&seq) {
+                self.outstanding -= h.outstanding.len();
+            }
+        }
+        self.parked.drop_partition(partition);
+    }
+
+    /// `seq` of `partition` needs nothing more: its cursor moves.
+    fn settled(&mut self, partition: u16, seq: u64) {
+        if let Some(owned) = self.owned.get_mut(&partition) {
+            owned.cursor.settle(seq);
+        }
+    }
+
+    async fn arrive(
+        &mut self,
+        partition: u16,
+        msg: jetstream::Message,
+        permit: OwnedSemaphorePermit,
+    ) {
+        if !self.delivers(partition) {
             return;
         }
-        let (seq, _delivered) = match msg.info() {
-            Ok(info) => (info.stream_sequence, info.delivered),
+        let seq = match msg.info() {
+            Ok(info) => info.stream_sequence,
             Err(e) => {
                 tracing::error!(error = %e, "jetstream message without delivery info; skipped");
                 return;
             }
         };
-        if self.held.contains_key(&seq) {
-            // Sent again while still held (a slow ack): the first copy is in hand.
+        let cursor = &mut self.owned.get_mut(&partition).expect("delivered").cursor;
+        if cursor.is_settled(seq) || self.held.contains_key(&seq) {
+            // Settled before this node took over, or already in hand.
             return;
         }
+        cursor.receive(seq);
         let subject = msg.subject.to_string();
-        let (msg, acker) = msg.split();
         if subject.starts_with("rp.") {
-            self.replayed(seq, &subject, msg.payload, acker).await;
+            self.replayed(seq, &subject, msg.message.payload, permit)
+                .await;
             return;
         }
-        let mut event = match record::decode_event(seq, &msg.payload) {
+        let mut event = match record::decode_event(seq, &msg.message.payload) {
             Ok(event) => event,
             Err(e) => {
-                // Cannot be delivered by any node: taken off the queue, loudly.
+                // Cannot be delivered by any node: skipped, loudly.
                 metrics::counter!(m::STORE_MALFORMED_TOTAL).increment(1);
-                tracing::error!(seq, subject, error = %e, "malformed event message; terminated");
-                let _ = acker.ack_with(jetstream::AckKind::Term).await;
+                tracing::error!(seq, subject, error = %e, "malformed event message; skipped");
+                self.settled(partition, seq);
                 return;
             }
         };
@@ -487,7 +596,7 @@ impl Actor {
             .endpoints
             .retain(|ep| self.parked.get(ep, seq).is_none());
         if event.endpoints.is_empty() {
-            let _ = acker.ack().await;
+            self.settled(partition, seq);
             return;
         }
         // Where an older event of this payment still waits in the store, this one
@@ -504,7 +613,6 @@ impl Actor {
             Held {
                 partition,
                 lane,
-                acker,
                 since: Instant::now(),
                 outstanding: event
                     .endpoints
@@ -512,6 +620,7 @@ impl Actor {
                     .map(|e| (e.clone(), Vec::new()))
                     .collect(),
                 writing: HashSet::new(),
+                _permit: permit,
             },
         );
         for endpoint in behind {
@@ -530,12 +639,20 @@ impl Actor {
     }
 
     /// A replayed dead letter: parked with its new round, then announced.
-    async fn replayed(&mut self, body_seq: u64, subject: &str, payload: Bytes, acker: Acker) {
+    async fn replayed(
+        &mut self,
+        body_seq: u64,
+        subject: &str,
+        payload: Bytes,
+        permit: OwnedSemaphorePermit,
+    ) {
         let parsed = names::parse_delivery(subject)
             .and_then(|(p, seq, ep)| Some((p, seq, ep, record::decode_kept(seq, &payload).ok()?)));
         let Some((partition, seq, endpoint, (state, event))) = parsed else {
-            tracing::error!(subject, "malformed replay message; terminated");
-            let _ = acker.ack_with(jetstream::AckKind::Term).await;
+            tracing::error!(subject, "malformed replay message; skipped");
+            if let Some((partition, _, _)) = names::parse_delivery(subject) {
+                self.settled(partition, body_seq);
+            }
             return;
         };
         let spot = Spot {
@@ -556,9 +673,11 @@ impl Actor {
             parked.encode(),
             None,
             Then::Replayed {
-                acker: Box::new(acker),
+                partition,
+                body_seq,
                 seq,
                 endpoint,
+                permit,
             },
         )
         .await;
@@ -566,7 +685,7 @@ impl Actor {
 
     async fn settle(&mut self, event: Arc<Event>, endpoint: EndpointKey, outcome: Settle) {
         let (seq, partition) = (event.seq, event.partition);
-        if !self.owned.contains_key(&partition) {
+        if !self.delivers(partition) {
             // Released: the node that owns it now decides.
             return;
         }
@@ -591,7 +710,7 @@ impl Actor {
                         .await;
                 }
                 if is_held {
-                    self.recorded(seq, &endpoint).await;
+                    self.recorded(seq, &endpoint);
                 }
             }
             Settle::Retry(state) => {
@@ -631,8 +750,8 @@ impl Actor {
         }
     }
 
-    /// `endpoint` no longer needs held `seq`; the message is acked once none does.
-    async fn recorded(&mut self, seq: u64, endpoint: &EndpointKey) {
+    /// `endpoint` no longer needs held `seq`; the message settles once none does.
+    fn recorded(&mut self, seq: u64, endpoint: &EndpointKey) {
         let Some(held) = self.held.get_mut(&seq) else {
             return;
         };
@@ -643,7 +762,7 @@ impl Actor {
         if held.outstanding.is_empty()
             && let Some(held) = self.held.remove(&seq)
         {
-            let _ = held.acker.ack().await;
+            self.settled(held.partition, seq);
         }
     }
 
@@ -698,6 +817,29 @@ impl Actor {
         for seq in stale {
             self.park(seq, None).await;
         }
+    }
+
+    /// Writes the cursor of every delivered partition that moved.
+    async fn write_cursors(&mut self) {
+        let moved: Vec<(u16, Vec<u8>)> = self
+            .owned
+            .iter_mut()
+            .filter(|(_, o)| o.cursor.dirty && !o.saving && !o.releasing && o.reader.is_some())
+            .map(|(p, o)| {
+                o.cursor.dirty = false;
+                o.saving = true;
+                (*p, o.cursor.encode())
+            })
+            .collect();
+        for (partition, record) in moved {
+            self.write_cursor(partition, record).await;
+        }
+    }
+
+    async fn write_cursor(&mut self, partition: u16, record: Vec<u8>) {
+        let subject = format!("$KV.{}.{}", self.names.cursors, cursor_key(partition));
+        self.write(subject, record.into(), None, Then::Cursor { partition })
+            .await;
     }
 
     /// Publishes `payload` on `subject` (the stream is found by the subject) and
@@ -764,17 +906,20 @@ impl Actor {
             Then::Nothing => {}
             Then::Recorded { seq, endpoint } => {
                 if ok {
-                    self.recorded(seq, &endpoint).await;
+                    self.recorded(seq, &endpoint);
                 } else if let Some(held) = self.held.get_mut(&seq) {
                     // Tried again by the next park sweep.
                     held.writing.remove(&endpoint);
                 }
             }
             Then::Replayed {
-                acker,
+                partition,
+                body_seq,
                 seq,
                 endpoint,
+                permit,
             } => {
+                drop(permit);
                 if ok {
                     let dead = self.streams.dead.clone();
                     let subject = names::dead_subject(seq, &endpoint);
@@ -783,7 +928,7 @@ impl Actor {
                             tracing::warn!(subject, error = %e, "replayed dead letter not removed");
                         }
                     });
-                    let _ = acker.ack().await;
+                    self.settled(partition, body_seq);
                     let _ = self.notices.send(Notice::Rescan {
                         endpoint,
                         from: seq,
@@ -791,8 +936,14 @@ impl Actor {
                         horizon: 0,
                     });
                 } else {
-                    // Sent again: the replay is redone from the start.
-                    let _ = acker.ack_with(jetstream::AckKind::Nak(None)).await;
+                    // Left open: the next owner of the partition replays it again.
+                    self.parked.remove(&endpoint, seq);
+                }
+            }
+            Then::Cursor { partition } => {
+                if let Some(owned) = self.owned.get_mut(&partition) {
+                    owned.saving = false;
+                    owned.cursor.dirty |= !ok;
                 }
             }
         }
@@ -809,6 +960,27 @@ impl Actor {
             let _ = reply.send(());
         }
     }
+}
+
+fn cursor_key(partition: u16) -> String {
+    format!("p.{partition}")
+}
+
+/// The cursor the last owner of `partition` wrote (fresh if none), read from the
+/// bucket's leader.
+pub async fn read_cursor(streams: &Streams, partition: u16) -> Result<Cursor, StoreError> {
+    let subject = format!("$KV.{}.{}", streams.cursors_bucket, cursor_key(partition));
+    let found = read::last(&streams.cursors, &subject).await?;
+    Ok(match found {
+        Some(msg) => Cursor::decode(&msg.payload).unwrap_or_else(|| {
+            tracing::error!(
+                partition,
+                "malformed partition cursor; starting from the stream's first message"
+            );
+            Cursor::default()
+        }),
+        None => Cursor::default(),
+    })
 }
 
 fn done_marker() -> HeaderMap {
@@ -874,25 +1046,30 @@ async fn scan(
     }
 }
 
-/// Pulls `partition`'s consumer into the actor for as long as the task lives (it is
-/// aborted on release); reconnects by itself.
-async fn pull(
+/// Reads `partition`'s messages from `start` on into the actor, in order, for as long
+/// as the task lives (aborted on release); at most `OPEN_PER_PARTITION` are open at
+/// once. An ordered consumer: nothing is replicated per message.
+async fn read(
     events: jetstream::stream::Stream,
-    consumer: String,
     partition: u16,
+    start: u64,
     tx: mpsc::UnboundedSender<Cmd>,
 ) {
+    let open = Arc::new(Semaphore::new(OPEN_PER_PARTITION));
+    let mut next = start.max(1);
     let mut pause = Duration::from_millis(100);
     loop {
         let messages = async {
-            let c: consumer::PullConsumer = events
-                .get_consumer(&consumer)
+            events
+                .create_consumer(consumer::pull::OrderedConfig {
+                    filter_subjects: vec![format!("cb.{partition}.>"), format!("rp.{partition}.>")],
+                    deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                        start_sequence: next,
+                    },
+                    ..Default::default()
+                })
                 .await
-                .map_err(|e| e.to_string())?;
-            c.stream()
-                .max_messages_per_batch(256)
-                .heartbeat(Duration::from_secs(5))
-                .expires(Duration::from_secs(30))
+                .map_err(|e| e.to_string())?
                 .messages()
                 .await
                 .map_err(|e| e.to_string())
@@ -901,22 +1078,35 @@ async fn pull(
         match messages {
             Ok(mut messages) => {
                 pause = Duration::from_millis(100);
-                while let Some(next) = messages.next().await {
-                    match next {
+                while let Some(item) = messages.next().await {
+                    match item {
                         Ok(msg) => {
+                            if let Ok(info) = msg.info() {
+                                next = info.stream_sequence + 1;
+                            }
+                            let Ok(permit) = open.clone().acquire_owned().await else {
+                                return;
+                            };
                             let msg = Box::new(msg);
-                            if tx.send(Cmd::Message { partition, msg }).is_err() {
+                            if tx
+                                .send(Cmd::Message {
+                                    partition,
+                                    msg,
+                                    permit,
+                                })
+                                .is_err()
+                            {
                                 return;
                             }
                         }
                         Err(e) => {
-                            tracing::warn!(partition, error = %e, "partition pull interrupted");
+                            tracing::warn!(partition, error = %e, "partition read interrupted");
                             break;
                         }
                     }
                 }
             }
-            Err(e) => tracing::warn!(partition, error = %e, "cannot pull partition; retrying"),
+            Err(e) => tracing::warn!(partition, error = %e, "cannot read partition; retrying"),
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(2));

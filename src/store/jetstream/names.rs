@@ -22,6 +22,8 @@ pub struct Names {
     pub nodes: String,
     /// KV: paused endpoints.
     pub control: String,
+    /// KV: each partition's cursor.
+    pub cursors: String,
     /// Core NATS subject on which every node answers for its endpoint states.
     pub status: String,
 }
@@ -36,13 +38,9 @@ impl Names {
             signed: format!("{stream}_SIGNED"),
             nodes: format!("{stream}_NODES"),
             control: format!("{stream}_CTL"),
+            cursors: format!("{stream}_CURSOR"),
             status: format!("cbgate.{stream}.status"),
         }
-    }
-
-    /// The consumer that delivers `partition`.
-    pub fn consumer(&self, partition: u16) -> String {
-        format!("dlv-{partition}")
     }
 }
 

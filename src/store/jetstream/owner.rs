@@ -10,9 +10,10 @@
 //! the lease can expire and another node take it.
 //!
 //! Handover: a node that should no longer own a partition (a node joined) parks what
-//! it holds, then deletes the lease; the new owner creates it and reads the parked
-//! deliveries. A crashed node's leases expire after `ENTRY_TTL`; its unacked messages
-//! reach the new owner `ACK_WAIT` after they were sent.
+//! it holds and writes the partition's cursor, then deletes the lease; the new owner
+//! creates it, reads the parked deliveries and resumes from the cursor. A crashed
+//! node's leases expire after `ENTRY_TTL`; the new owner resumes from the cursor it
+//! last wrote.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};

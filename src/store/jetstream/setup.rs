@@ -1,11 +1,11 @@
-//! Reaching NATS and making sure every stream, bucket and consumer is there as this
-//! config wants it. Idempotent: every node runs it at start. A stream made for another
+//! Reaching NATS and making sure every stream and bucket is there as this config
+//! wants it. Idempotent: every node runs it at start. A stream made for another
 //! partition count is refused, never reshaped (payments would change partitions).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, kv, stream};
+use async_nats::jetstream::{self, kv, stream};
 
 use super::names::Names;
 use crate::config::Storage;
@@ -14,13 +14,6 @@ use crate::store::StoreError;
 /// How long one JetStream request or publish ack may take before the caller gives up
 /// (a callback is answered 503 then, and the platform retries).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Unacknowledged messages of a partition are sent to its owner again after this: how
-/// long a crashed node's deliveries in their first attempt wait for another node.
-pub const ACK_WAIT: Duration = Duration::from_secs(10);
-
-/// Unacknowledged messages one partition may have out at once.
-const MAX_ACK_PENDING: i64 = 10_000;
 
 /// The metadata key that records a stream's partition count.
 const PARTITIONS_KEY: &str = "cbgate.partitions";
@@ -32,6 +25,9 @@ pub struct Streams {
     pub dead: stream::Stream,
     pub answers: stream::Stream,
     pub signed: stream::Stream,
+    /// The cursors bucket's stream, read from its leader, and the bucket's name.
+    pub cursors: stream::Stream,
+    pub cursors_bucket: String,
     pub nodes: kv::Store,
     pub control: kv::Store,
 }
@@ -88,7 +84,7 @@ pub async fn connect(storage: &Storage) -> Result<async_nats::Client, StoreError
         .map_err(|e| refused(format!("cannot connect to NATS: {e}")))
 }
 
-/// Creates or checks every stream, bucket and consumer. Retries while NATS is
+/// Creates or checks every stream and bucket. Retries while NATS is
 /// unreachable or has no quorum (logging why); refuses a stream of another shape.
 pub async fn ensure(
     js: &jetstream::Context,
@@ -233,30 +229,23 @@ async fn try_ensure(
                 .map_err(|e| retry(format!("stream {name}: {e}")))
         }
     };
-    let events = get(&names.events).await?;
-    for p in 0..partitions {
-        events
-            .create_consumer(consumer::pull::Config {
-                durable_name: Some(names.consumer(p)),
-                description: Some(format!("cbgate: deliveries of partition {p}")),
-                filter_subjects: vec![format!("cb.{p}.>"), format!("rp.{p}.>")],
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: ACK_WAIT,
-                // cbgate keeps its own deadline (delivery.give_up_after).
-                max_deliver: -1,
-                max_ack_pending: MAX_ACK_PENDING,
-                num_replicas: replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| retry(format!("consumer {}: {e}", names.consumer(p))))?;
-    }
+    js.create_or_update_key_value(kv::Config {
+        bucket: names.cursors.clone(),
+        description: "cbgate: how far each partition's deliveries got".into(),
+        history: 1,
+        num_replicas: replicas,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| retry(format!("bucket {}: {e}", names.cursors)))?;
     Ok(Streams {
-        events,
+        events: get(&names.events).await?,
         deliveries: get(&names.deliveries).await?,
         dead: get(&names.dead).await?,
         answers: get(&names.answers).await?,
         signed: get(&names.signed).await?,
+        cursors: get(&format!("KV_{}", names.cursors)).await?,
+        cursors_bucket: names.cursors.clone(),
         nodes,
         control,
     })
