@@ -3,7 +3,9 @@
 //! `Nats-Expected-Last-Subject-Sequence: 0`), from N concurrent publishers each
 //! waiting for its ack, with no HTTP and no signature check in front.
 //! Usage: js_publisher NATS_URL [--replicas 3] [--concurrency 64] [--seconds 10]
-//!        [--bytes 1100] [--partitions 64]
+//!        [--bytes 1100] [--partitions 64] [--read]
+//! With `--read` every partition is also read back as it is written, by one ordered
+//! consumer each, as cbgate's partition owners read them for delivery.
 //! Makes (or reuses) stream `RAWBENCH` on `raw.>` with the settings cbgate gives its
 //! events stream, and prints one JSON line like `callback_load`: sent, req/s,
 //! p50/p99/p99.9 latency.
@@ -12,8 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
+use futures_util::StreamExt as _;
 
 struct Args {
     url: String,
@@ -22,6 +25,7 @@ struct Args {
     seconds: u64,
     bytes: usize,
     partitions: u64,
+    read: bool,
 }
 
 fn args() -> Args {
@@ -33,8 +37,13 @@ fn args() -> Args {
         seconds: 10,
         bytes: 1100,
         partitions: 64,
+        read: false,
     };
     while let Some(flag) = it.next() {
+        if flag == "--read" {
+            a.read = true;
+            continue;
+        }
         let v = it.next().expect("flag value");
         match flag.as_str() {
             "--replicas" => a.replicas = v.parse().unwrap(),
@@ -69,6 +78,27 @@ async fn main() {
     })
     .await
     .expect("stream");
+    let read = Arc::new(AtomicU64::new(0));
+    if a.read {
+        let events = js.get_stream("RAWBENCH").await.expect("stream");
+        for p in 0..a.partitions {
+            let (events, read) = (events.clone(), read.clone());
+            tokio::spawn(async move {
+                let c = events
+                    .create_consumer(consumer::pull::OrderedConfig {
+                        filter_subject: format!("raw.{p}.>"),
+                        deliver_policy: consumer::DeliverPolicy::New,
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("ordered consumer");
+                let mut messages = c.messages().await.expect("messages");
+                while let Some(Ok(_)) = messages.next().await {
+                    read.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    }
     let payload = Bytes::from(vec![b'x'; a.bytes]);
     // Distinct keys across runs on the same stream.
     let run = fastrand::u64(..);
@@ -118,9 +148,10 @@ async fn main() {
             .unwrap_or(0.0)
     };
     println!(
-        "{{\"sent\":{},\"statuses\":[\"200:{}\",\"error:{errors}\"],\"rps\":{:.0},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"seconds\":{:.2}}}",
+        "{{\"sent\":{},\"statuses\":[\"200:{}\",\"error:{errors}\",\"read:{}\"],\"rps\":{:.0},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"seconds\":{:.2}}}",
         lat.len(),
         lat.len(),
+        read.load(Ordering::Relaxed),
         lat.len() as f64 / elapsed,
         pct(0.5),
         pct(0.99),
