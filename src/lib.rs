@@ -35,6 +35,7 @@ pub mod delivery;
 pub mod fuzzing;
 pub mod http;
 pub mod ingress;
+pub mod merchant;
 pub mod metrics;
 pub mod outbound;
 pub mod projects;
