@@ -112,6 +112,11 @@ enum Refusal {
     NotFound,
     #[error("{0} is not configured in [merchant]")]
     NotConfigured(&'static str),
+    #[error(
+        "cbgate does not forward the Gate API path {0}: the Mobile Commerce paths and \
+         [merchant] gate_paths only"
+    )]
+    UnknownGatePath(String),
     #[error("use POST")]
     MethodNotAllowed,
     #[error("missing or wrong bearer token for this project")]
@@ -130,7 +135,9 @@ impl Refusal {
     /// The log and metric outcome.
     fn as_str(&self) -> &'static str {
         match self {
-            Refusal::NotFound | Refusal::NotConfigured(_) => "not_found",
+            Refusal::NotFound | Refusal::NotConfigured(_) | Refusal::UnknownGatePath(_) => {
+                "not_found"
+            }
             Refusal::MethodNotAllowed => "method_not_allowed",
             Refusal::Unauthorized(_) => "unauthorized",
             Refusal::Body(_) | Refusal::Invalid(_) => "invalid",
@@ -141,7 +148,9 @@ impl Refusal {
 
     fn into_response(self) -> Response<Body> {
         let status = match &self {
-            Refusal::NotFound | Refusal::NotConfigured(_) => StatusCode::NOT_FOUND,
+            Refusal::NotFound | Refusal::NotConfigured(_) | Refusal::UnknownGatePath(_) => {
+                StatusCode::NOT_FOUND
+            }
             Refusal::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Refusal::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Refusal::Body(BodyError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -295,7 +304,7 @@ impl Merchant {
             Some(gate) => gate
                 .path(gate_path)
                 .map(Route::Gate)
-                .ok_or(Refusal::NotFound),
+                .ok_or_else(|| Refusal::UnknownGatePath(gate_path.chars().take(200).collect())),
         }
     }
 

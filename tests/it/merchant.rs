@@ -391,6 +391,13 @@ fn payment_page_refusals_name_the_parameter() {
         b"{}",
     );
     assert_eq!(nowhere.status, 404, "{nowhere:?}");
+    assert!(
+        nowhere.json()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("does not forward the Gate API path /v2/payment/mobile/payout"),
+        "{nowhere:?}"
+    );
     assert_eq!(post(merchant, "/callbacks", Some(TOKEN), b"{}").status, 404);
     assert_eq!(
         g.metric(
@@ -858,4 +865,68 @@ fn wait_log(g: &Gateway, done: impl Fn(&str) -> bool) -> String {
         assert!(started.elapsed() < LONG, "{log}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn the_gate_api_is_reached_over_tls_trusting_ca_file() {
+    let tls = crate::support::TestTls::new();
+    let platform = Endpoint::ok_tls(tls.server.clone());
+    let url = format!("https://localhost:{}", platform.addr.port());
+    let body = &seed_requests(1234, "tls-1")[0].1;
+    // The stub's certificate is signed by a private CA: not trusted by default...
+    let (_g, merchant) = start(&url, "");
+    let a = post(
+        merchant,
+        "/gate/v2/payment/mobile/sale",
+        Some(TOKEN),
+        body.as_bytes(),
+    );
+    assert_eq!(a.status, 502, "{a:?}");
+    assert_eq!(a.json()["sent"], "no");
+    assert_eq!(platform.arrived(), 0);
+    // ...and trusted through [merchant] ca_file.
+    let ca = format!("ca_file = \"{}\"", tls.ca_file().display());
+    let (_g, merchant) = start(&url, &ca);
+    let a = post(
+        merchant,
+        "/gate/v2/payment/mobile/sale",
+        Some(TOKEN),
+        body.as_bytes(),
+    );
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(platform.arrived(), 1);
+    let seen = &platform.requests()[0];
+    assert_eq!(seen.headers["content-type"], "application/json");
+    let sent: Value = serde_json::from_slice(&seen.body).unwrap();
+    assert_eq!(sent["general"]["signature"].as_str().unwrap().len(), 88);
+}
+
+#[test]
+fn a_token_rotated_by_sighup_replaces_the_old_one() {
+    let stub = GateStub::start(SECRET);
+    let (g, merchant) = start(&stub.url, "");
+    let body = seed_requests(1234, "rotate-1").swap_remove(4).1;
+    let list = |token: &str| {
+        post(
+            merchant,
+            "/gate/v2/info/mobile/sale/list",
+            Some(token),
+            body.as_bytes(),
+        )
+        .status
+    };
+    assert_eq!(list(TOKEN), 200);
+    let rotated = "merchant-token-1234-rotated-0001";
+    let config = std::fs::read_to_string(&g.config_path).unwrap();
+    std::fs::write(&g.config_path, config.replace(TOKEN, rotated)).unwrap();
+    g.signal("HUP");
+    g.wait_metric(
+        "cbgate_config_reloads_total",
+        &[("result", "ok")],
+        LONG,
+        |v| v >= 1.0,
+    );
+    assert_eq!(list(TOKEN), 401);
+    assert_eq!(list(rotated), 200);
+    assert_eq!(stub.seen().len(), 2);
 }
