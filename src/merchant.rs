@@ -276,14 +276,20 @@ impl Merchant {
                 duration_ms: elapsed.as_millis() as u64,
             });
         }
-        self.count(&path, note.project, status, elapsed);
+        // Only configured projects label the metrics: ids from bodies are anyone's to invent.
+        let known = note
+            .project
+            .filter(|p| self.projects.load().get(*p).is_some());
+        self.count(&path, known, status, elapsed);
         // One line per request; refusals for the token and failed exchanges with the
         // platform are warnings. Never the body, the token or the signature.
         let latency_us = elapsed.as_micros() as u64;
         let (project, payment_id) = (note.project, note.payment_id.as_deref());
         let account = note.account.as_deref();
-        if outcome == "unauthorized" || outcome.starts_with("gate_") {
+        if outcome == "unauthorized" {
             tracing::warn!(target: "cbgate::merchant", path = &*path, project, payment_id, account, status, outcome, reason, latency_us, "merchant request refused");
+        } else if outcome.starts_with("gate_") {
+            tracing::warn!(target: "cbgate::merchant", path = &*path, project, payment_id, account, status, outcome, reason, latency_us, "Gate API exchange failed");
         } else {
             tracing::info!(target: "cbgate::merchant", path = &*path, project, payment_id, account, status, outcome, reason, latency_us);
         }

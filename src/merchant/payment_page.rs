@@ -56,8 +56,10 @@ impl Params {
     pub fn parse(body: &[u8]) -> Result<Params, Invalid> {
         let members = Members::parse(body)?;
         let mut out: Vec<Param> = Vec::new();
+        // A set, not a scan per name: a body of thousands of names must not cost seconds.
+        let mut names = std::collections::HashSet::new();
         for (name, value) in members.iter() {
-            if out.iter().any(|p| p.name == name) {
+            if !names.insert(name) {
                 return Err(Invalid::new(format!("parameter {name} appears twice")));
             }
             if name.is_empty() {

@@ -598,6 +598,19 @@ fn wrong_tokens_get_401_and_nothing_reaches_the_platform() {
         }
     }
     assert!(stub.seen().is_empty(), "{:?}", stub.seen());
+    // Project ids from bodies do not become metric labels unless configured.
+    assert_eq!(
+        g.metric("cbgate_merchant_requests_total", &[("project", "777")]),
+        0.0
+    );
+    assert_eq!(
+        g.metric(
+            "cbgate_merchant_requests_total",
+            &[("project", "unknown"), ("status", "401")]
+        ),
+        // Project 777, and the requests without a token (refused before the body is read).
+        8.0
+    );
     for reason in ["missing", "wrong", "not_enabled", "unknown_project"] {
         let expected = cases.iter().filter(|c| c.3 == reason).count() * 2;
         assert_eq!(
