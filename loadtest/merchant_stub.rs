@@ -1,7 +1,9 @@
 //! A fast merchant backend for load tests. `POST /terminal` answers verify with
 //! `{"code":0,"currency":"KZT"}` and check_deposit with a fresh payment id;
 //! `POST /callbacks` counts deliveries (204) and the lag from the `sent_ms` the load
-//! generator put in the body; `GET /stats` prints counts and lag percentiles.
+//! generator put in the body; `POST /v2/...` answers as the Gate API acknowledges a
+//! request (for the merchant listener's proxy rows); `GET /stats` prints counts and
+//! lag percentiles.
 //! Usage: merchant_stub [ADDR]   (default 127.0.0.1:19000)
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -83,6 +85,10 @@ async fn handle(
                     pct(0.99)
                 ),
             )
+        }
+        // The Gate API, for the merchant listener's proxy rows: acknowledged at once.
+        p if p.starts_with("/v2/") => {
+            reply(200, r#"{"status":"success","request_id":"stub"}"#.into())
         }
         _ => reply(404, "{}".into()),
     }

@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::delivery::Delivery;
 use crate::http::{self, Limits};
 use crate::ingress::{Ingress, IngressHandles};
+use crate::merchant::Merchant;
 use crate::metrics as m;
 use crate::projects::Projects;
 use crate::store::{self, StoreError};
@@ -108,9 +109,31 @@ pub async fn run(
     let _ = admin.delivery.set(delivery.clone());
 
     let listener = bind(config.server.listen).await?;
+    // The merchant listener: internal, on its own address, only with `[merchant]`.
+    let merchant = match &config.merchant {
+        None => None,
+        Some(settings) => {
+            let merchant = Arc::new(
+                Merchant::new(settings, &config, projects.clone(), store.clone())
+                    .map_err(AppError::Config)?,
+            );
+            let listener = bind(settings.listen).await?;
+            let stop = CancellationToken::new();
+            let handler = merchant.clone();
+            let server = tokio::spawn(http::serve(
+                listener,
+                merchant.limits(),
+                move |req| handler.clone().handle(req),
+                stop.clone(),
+                GRACE,
+            ));
+            Some((merchant, server, stop))
+        }
+    };
     tracing::info!(
         listen = %config.server.listen,
         admin = %config.server.admin_listen,
+        merchant = ?config.merchant.as_ref().map(|m| m.listen),
         projects = config.projects.len(),
         "cbgate serving"
     );
@@ -171,7 +194,16 @@ pub async fn run(
     tracing::info!("shutting down: draining requests");
     ready.store(false, Ordering::Release);
     stop_accepting.cancel();
+    if let Some((_, _, stop)) = &merchant {
+        stop.cancel();
+    }
     let _ = platform.await;
+    if let Some((merchant, server, _)) = merchant {
+        let _ = server.await;
+        // Signed requests still on their way to the timeline go in before the store closes.
+        let left = GRACE.saturating_sub(stopping.elapsed());
+        merchant.drain(left.max(Duration::from_millis(500))).await;
+    }
     reloader.abort();
     // Delivery outcomes are settled in the store: stop delivery before closing it.
     let left = GRACE.saturating_sub(stopping.elapsed());

@@ -72,7 +72,7 @@ enum Command {
     },
     /// Play the platform against a running gateway and check every answer;
     /// exit 0 if all were as expected, 1 if not.
-    Simulate(SimulateArgs),
+    Simulate(Box<SimulateArgs>),
 }
 
 #[derive(clap::Args)]
@@ -119,6 +119,36 @@ struct SimulateArgs {
     /// Print the summary as one JSON line.
     #[arg(long)]
     json: bool,
+    /// The gateway's merchant listener, e.g. http://127.0.0.1:8081: play the flows
+    /// that start at the merchant instead (Mobile Commerce through Gate API with the
+    /// OTP, Kassa24 through Payment Page); the simulator is also the platform's Gate
+    /// API and Payment Page (--platform-listen) and the merchant backend
+    /// (--backend-listen). --resend-share is then the share of wrong OTPs.
+    #[arg(long)]
+    merchant: Option<String>,
+    /// The project's merchant_token (or env:NAME / file:PATH).
+    #[arg(long, requires = "merchant")]
+    merchant_token: Option<String>,
+    /// The simulated Gate API and Payment Page: the gateway's gate_url is http://ADDR
+    /// and its payment_page_url http://ADDR/payment.
+    #[arg(long, default_value = "127.0.0.1:18500")]
+    platform_listen: std::net::SocketAddr,
+    /// The simulated merchant backend: the project's endpoint is http://ADDR/hooks and
+    /// its terminal_url http://ADDR/terminal.
+    #[arg(long, default_value = "127.0.0.1:18501")]
+    backend_listen: std::net::SocketAddr,
+    /// The endpoint's whsec_ secret: deliveries' Standard Webhooks signatures are checked.
+    #[arg(long)]
+    endpoint_secret: Option<String>,
+    /// Share of wrong-OTP flows whose backend asks for a new OTP first.
+    #[arg(long, default_value_t = 0.5)]
+    new_otp_share: f64,
+    /// Share of successful Mobile Commerce purchases refunded through cbgate.
+    #[arg(long, default_value_t = 0.2)]
+    refund_share: f64,
+    /// Share of merchant-side flows with a test amount that declines (40000, 40400).
+    #[arg(long, default_value_t = 0.2)]
+    decline_share: f64,
 }
 
 pub fn main() -> ExitCode {
@@ -129,7 +159,7 @@ pub fn main() -> ExitCode {
             listen,
             admin_listen,
         } => serve(config, listen, admin_listen),
-        Command::Simulate(args) => run(|| simulate(args)),
+        Command::Simulate(args) => run(|| simulate(*args)),
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(config) => {
                 for warning in config.warnings() {
@@ -267,9 +297,15 @@ fn simulate(a: SimulateArgs) -> Result<ExitCode, String> {
         a.resend_share,
         a.bad_signature_share,
         a.malformed_share,
+        a.new_otp_share,
+        a.refund_share,
+        a.decline_share,
     ];
     if shares.iter().any(|s| !(0.0..=1.0).contains(s)) {
         return Err("shares must be between 0 and 1".into());
+    }
+    if let Some(merchant) = &a.merchant {
+        return simulate_merchant_side(&a, merchant);
     }
     let plan = crate::simulate::Plan {
         target: a.target.trim_end_matches('/').to_string(),
@@ -291,6 +327,51 @@ fn simulate(a: SimulateArgs) -> Result<ExitCode, String> {
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))?;
     let summary = runtime.block_on(crate::simulate::run(plan));
+    if a.json {
+        println!("{}", serde_json::to_string(&summary).expect("plain data"));
+    } else {
+        print!("{summary}");
+    }
+    Ok(if summary.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `cbgate simulate --merchant`: the flows that start at the merchant.
+fn simulate_merchant_side(a: &SimulateArgs, merchant: &str) -> Result<ExitCode, String> {
+    let token = a
+        .merchant_token
+        .as_deref()
+        .ok_or("--merchant needs --merchant-token")?;
+    let plan = crate::simulate::merchant_side::MerchantPlan {
+        target: a.target.trim_end_matches('/').to_string(),
+        merchant: merchant.trim_end_matches('/').to_string(),
+        token: resolve_secret(token)?,
+        secret: resolve_secret(&a.secret)?,
+        project: a.project,
+        platform_listen: a.platform_listen,
+        backend_listen: a.backend_listen,
+        endpoint_secret: a
+            .endpoint_secret
+            .as_deref()
+            .map(resolve_secret)
+            .transpose()?,
+        flows: a.flows,
+        seconds: a.seconds,
+        connections: a.connections,
+        wrong_otp_share: a.resend_share,
+        new_otp_share: a.new_otp_share,
+        refund_share: a.refund_share,
+        decline_share: a.decline_share,
+        seed: a.seed,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    let summary = runtime.block_on(crate::simulate::merchant_side::run(plan))?;
     if a.json {
         println!("{}", serde_json::to_string(&summary).expect("plain data"));
     } else {

@@ -23,6 +23,9 @@ pub struct Config {
     pub terminal: TerminalSettings,
     #[serde(default)]
     pub log: Log,
+    /// `[merchant]`: the merchant listener runs only when this table is present.
+    #[serde(default)]
+    pub merchant: Option<MerchantSettings>,
     #[serde(default)]
     pub projects: Vec<Project>,
 }
@@ -242,6 +245,46 @@ impl Default for TerminalSettings {
     }
 }
 
+/// `[merchant]`: the internal listener where merchant backends get Payment Page
+/// invocations signed and Gate API requests signed and forwarded to the platform.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MerchantSettings {
+    /// Internal only: whoever reaches it with a project's token moves that project's money.
+    pub listen: SocketAddr,
+    /// The platform's Gate API base URL; `POST /gate/v2/...` goes to it plus the path.
+    /// Unset: `/gate/...` answers 404.
+    pub gate_url: Option<String>,
+    /// The Payment Page URL the signed parameters are appended to (`?...&signature=`).
+    /// Unset: `/payment-page/sign` answers without a URL.
+    pub payment_page_url: Option<String>,
+    /// Gate API paths beside the five of the Mobile Commerce flow, each under `/v2/`.
+    pub gate_paths: Vec<String>,
+    #[serde(deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// The whole Gate API exchange: connect, send, and the platform's answer read whole.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// PEM CA certificates trusted for the Gate API beside the public web roots.
+    pub ca_file: Option<PathBuf>,
+    pub max_connections: usize,
+}
+
+impl Default for MerchantSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8081".parse().expect("literal address"),
+            gate_url: None,
+            payment_page_url: None,
+            gate_paths: Vec::new(),
+            connect_timeout: Duration::from_secs(2),
+            timeout: Duration::from_secs(30),
+            ca_file: None,
+            max_connections: 1024,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -290,6 +333,9 @@ pub struct Project {
     pub terminal_amount_max: Option<i64>,
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
+    /// Bearer token of this project's merchant backends on the merchant listener.
+    #[serde(default)]
+    pub merchant_token: Option<SecretRef>,
 }
 
 fn default_budget() -> Duration {
@@ -465,6 +511,31 @@ pub const MAX_BODY_BYTES: usize = 16 << 20;
 /// above it the platform has long given up.
 pub const BUDGET_RANGE: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(30));
 
+/// Merchant tokens shorter than this are refused.
+pub const MIN_MERCHANT_TOKEN: usize = 16;
+
+/// A Gate API path cbgate may forward: under `/v2/`, plain segments of letters, digits,
+/// `_`, `-` and `.`, no empty or dot segment (it is appended to `gate_url` as written).
+pub fn check_gate_path(path: &str) -> Result<(), String> {
+    let Some(rest) = path.strip_prefix("/v2/") else {
+        return Err(format!("`{path}` must start with /v2/"));
+    };
+    let plain = |seg: &str| {
+        !seg.is_empty()
+            && seg != "."
+            && seg != ".."
+            && seg
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+    };
+    if path.len() > 200 || !rest.split('/').all(plain) {
+        return Err(format!(
+            "`{path}` must be /v2/ followed by segments of letters, digits, '_', '-' or '.'"
+        ));
+    }
+    Ok(())
+}
+
 /// Payment methods whose terminal dialect cbgate knows.
 pub const TERMINAL_METHODS: [&str; 3] = ["kassa24", "kassa24_bvu", "terminal/paydala"];
 
@@ -598,6 +669,7 @@ impl Config {
                 out.push(format!("{key}: {e}"));
             }
         }
+        out.extend(self.merchant_problems());
         let mut ids = HashSet::new();
         for (i, p) in self.projects.iter().enumerate() {
             let at = format!("projects[{i}] (id {})", p.id);
@@ -658,6 +730,79 @@ impl Config {
                     Ok(_) => {}
                     Err(err) => out.push(format!("{at}.secret: {err}")),
                 }
+            }
+        }
+        out
+    }
+
+    /// `[merchant]` and the projects' merchant tokens, checked.
+    fn merchant_problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(m) = &self.merchant {
+            for (key, url) in [
+                ("gate_url", &m.gate_url),
+                ("payment_page_url", &m.payment_page_url),
+            ] {
+                let Some(url) = url else { continue };
+                match check_url(url) {
+                    // The path is appended to it, and the SDKs append `?` and the query.
+                    Ok(uri) if uri.query().is_some() || url.contains('#') => out.push(format!(
+                        "merchant.{key}: `{url}` must have no query or fragment"
+                    )),
+                    Ok(_) => {}
+                    Err(e) => out.push(format!("merchant.{key}: {e}")),
+                }
+            }
+            for path in &m.gate_paths {
+                if let Err(e) = check_gate_path(path) {
+                    out.push(format!("merchant.gate_paths: {e}"));
+                }
+            }
+            if m.connect_timeout.is_zero() || m.timeout.is_zero() {
+                out.push(
+                    "merchant.connect_timeout and merchant.timeout: must be more than 0s".into(),
+                );
+            }
+            if m.connect_timeout > m.timeout {
+                out.push(format!(
+                    "merchant.connect_timeout: {:?} is longer than merchant.timeout ({:?}), which \
+                     bounds the whole exchange",
+                    m.connect_timeout, m.timeout
+                ));
+            }
+            if m.max_connections == 0 {
+                out.push("merchant.max_connections: must be at least 1".into());
+            }
+            if let Some(path) = &m.ca_file
+                && let Err(e) = crate::outbound::load_certificates(path)
+            {
+                out.push(format!("merchant.ca_file: {e}"));
+            }
+            if m.listen == self.server.listen || m.listen == self.server.admin_listen {
+                out.push(format!(
+                    "merchant.listen: {} is also server.listen or server.admin_listen",
+                    m.listen
+                ));
+            }
+        }
+        let mut tokens: Vec<(String, u64)> = Vec::new();
+        for (i, p) in self.projects.iter().enumerate() {
+            let Some(token) = &p.merchant_token else {
+                continue;
+            };
+            let at = format!("projects[{i}] (id {}).merchant_token", p.id);
+            match token.resolve() {
+                Err(e) => out.push(format!("{at}: {e}")),
+                Ok(t) if t.len() < MIN_MERCHANT_TOKEN => out.push(format!(
+                    "{at}: shorter than {MIN_MERCHANT_TOKEN} characters; it lets its holder \
+                     move the project's money (e.g. `openssl rand -hex 32`)"
+                )),
+                Ok(t) => match tokens.iter().find(|(other, _)| *other == t) {
+                    Some((_, other)) => out.push(format!(
+                        "{at}: the same token as project {other}: a token names one project"
+                    )),
+                    None => tokens.push((t, p.id)),
+                },
             }
         }
         out
@@ -774,6 +919,18 @@ impl Config {
         if self.storage.nats_url.is_some() {
             out.push("storage.nats_url is read as one more entry of storage.nats_urls".into());
         }
+        let tokens = self.projects.iter().filter(|p| p.merchant_token.is_some());
+        match (&self.merchant, tokens.count()) {
+            (None, n) if n > 0 => out.push(
+                "projects set merchant_token but there is no [merchant] table: no listener uses them"
+                    .into(),
+            ),
+            (Some(_), 0) => out.push(
+                "[merchant] is set but no project has a merchant_token: every request gets 401"
+                    .into(),
+            ),
+            _ => {}
+        }
         out
     }
 
@@ -791,6 +948,9 @@ impl Config {
         for p in &self.projects {
             if p.secrets.iter().any(SecretRef::is_literal) {
                 out.push(format!("projects (id {}).secrets", p.id));
+            }
+            if p.merchant_token.as_ref().is_some_and(SecretRef::is_literal) {
+                out.push(format!("projects (id {}).merchant_token", p.id));
             }
             for e in &p.endpoints {
                 if e.secret.is_literal() {
@@ -887,6 +1047,87 @@ mod tests {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }
         assert!(text.lines().all(|l| l.starts_with("bad.toml: ")));
+    }
+
+    #[test]
+    fn merchant_settings_and_tokens_are_checked() {
+        let ok = Config::from_toml(
+            "m.toml",
+            r#"
+            [merchant]
+            gate_url = "https://api.platform.test/"
+            gate_paths = ["/v2/payment/mobile/status"]
+            [[projects]]
+            id = 1
+            secrets = ["s"]
+            merchant_token = "0123456789abcdef0123"
+            "#,
+        )
+        .unwrap();
+        let m = ok.merchant.as_ref().unwrap();
+        assert_eq!(m.listen.to_string(), "127.0.0.1:8081");
+        assert_eq!(m.timeout, Duration::from_secs(30));
+        assert_eq!(
+            ok.warnings(),
+            [
+                "projects (id 1).secrets is a literal secret; use env: or file: in production",
+                "projects (id 1).merchant_token is a literal secret; use env: or file: in production"
+            ]
+        );
+        assert!(Config::from_toml("n.toml", "").unwrap().merchant.is_none());
+        let text = Config::from_toml(
+            "bad.toml",
+            r#"
+            [merchant]
+            listen = "127.0.0.1:8080"
+            gate_url = "ftp://x"
+            payment_page_url = "https://pp.test/payment?x=1"
+            gate_paths = ["/v1/x", "/v2/../admin", "/v2/a//b", "/v2/ok"]
+            connect_timeout = "5s"
+            timeout = "1s"
+            [[projects]]
+            id = 1
+            secrets = ["s"]
+            merchant_token = "short"
+            [[projects]]
+            id = 2
+            secrets = ["s"]
+            merchant_token = "0123456789abcdef"
+            [[projects]]
+            id = 3
+            secrets = ["s"]
+            merchant_token = "0123456789abcdef"
+            "#,
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "merchant.listen: 127.0.0.1:8080 is also server.listen",
+            "merchant.gate_url: `ftp://x` must start with http:// or https://",
+            "merchant.payment_page_url: `https://pp.test/payment?x=1` must have no query",
+            "merchant.gate_paths: `/v1/x` must start with /v2/",
+            "merchant.gate_paths: `/v2/../admin` must be /v2/ followed by segments",
+            "merchant.gate_paths: `/v2/a//b` must be /v2/",
+            "merchant.connect_timeout: 5s is longer than merchant.timeout",
+            "projects[0] (id 1).merchant_token: shorter than 16 characters",
+            "projects[2] (id 3).merchant_token: the same token as project 2",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+        assert!(!text.contains("/v2/ok"), "{text}");
+        let orphan = Config::from_toml(
+            "o.toml",
+            "[[projects]]\nid = 1\nsecrets = [\"s\"]\nmerchant_token = \"0123456789abcdef\"\n",
+        )
+        .unwrap();
+        assert!(
+            orphan
+                .warnings()
+                .iter()
+                .any(|w| w.contains("no [merchant] table")),
+            "{:?}",
+            orphan.warnings()
+        );
     }
 
     #[test]

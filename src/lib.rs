@@ -14,8 +14,13 @@
 //!   merchant's answer); `webhook`: outbound signatures;
 //!   `outbound`: the HTTP(S) client terminal and delivery use to reach merchants.
 //! - `delivery`: fan-out to merchant endpoints, retries, breaker, dead letters.
+//! - `merchant`: the merchant listener, where merchant backends get Payment Page
+//!   invocations signed (`merchant::payment_page`) and Gate API requests signed and
+//!   forwarded (`merchant::gate`) with a per-project token, so the secret stays here.
 //! - `app`: start and shutdown order; `cli`: the subcommands; `simulate`: the
-//!   platform's side, for load and acceptance runs; `fuzzing`: the entry points of
+//!   platform's side, for load and acceptance runs (`simulate::merchant_side`: the flows
+//!   that start at the merchant, with the platform's Gate API and Payment Page and the
+//!   merchant backend played); `fuzzing`: the entry points of
 //!   the cargo-fuzz targets in `fuzz/` (hidden from the docs).
 //!
 //! Life of a callback: `http` reads the body into one `Bytes` → `verifier` runs
@@ -35,6 +40,7 @@ pub mod delivery;
 pub mod fuzzing;
 pub mod http;
 pub mod ingress;
+pub mod merchant;
 pub mod metrics;
 pub mod outbound;
 pub mod projects;

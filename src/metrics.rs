@@ -41,6 +41,15 @@ pub const TERMINAL_IDEMPOTENCY_EVICTIONS_TOTAL: &str =
     "cbgate_terminal_idempotency_evictions_total";
 pub const TERMINAL_MERCHANT_ERRORS_TOTAL: &str = "cbgate_terminal_merchant_errors_total";
 pub const TERMINAL_IDEMPOTENCY_FALLBACK_TOTAL: &str = "cbgate_terminal_idempotency_fallback_total";
+/// Merchant listener requests by route, path, project and HTTP status.
+pub const MERCHANT_REQUESTS_TOTAL: &str = "cbgate_merchant_requests_total";
+pub const MERCHANT_REQUEST_SECONDS: &str = "cbgate_merchant_request_duration_seconds";
+/// Merchant requests refused for their token, by reason; the token is never recorded.
+pub const MERCHANT_AUTH_FAILURES_TOTAL: &str = "cbgate_merchant_auth_failures_total";
+/// Gate API exchanges that got no complete answer, by path and what happened.
+pub const MERCHANT_GATE_ERRORS_TOTAL: &str = "cbgate_merchant_gate_errors_total";
+/// Signed requests that did not reach a payment's timeline (the request itself went on).
+pub const MERCHANT_TIMELINE_FAILURES_TOTAL: &str = "cbgate_merchant_timeline_failures_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "cbgate_config_reloads_total";
 pub const WORKER_THREADS: &str = "cbgate_worker_threads";
 

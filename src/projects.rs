@@ -23,6 +23,26 @@ pub struct Project {
     amount_min: Option<i64>,
     amount_max: Option<i64>,
     pub endpoints: Vec<Arc<Endpoint>>,
+    /// The bearer token of its merchant backends; `None`: the merchant listener refuses
+    /// every request for it.
+    pub merchant_token: Option<MerchantToken>,
+}
+
+/// A project's merchant token. Its `Debug` prints no part of it.
+pub struct MerchantToken(String);
+
+impl std::fmt::Debug for MerchantToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MerchantToken(..)")
+    }
+}
+
+impl MerchantToken {
+    /// Whether `given` is this token, compared in constant time (neither the length nor
+    /// the content of the token leaks by timing).
+    pub fn matches(&self, given: &[u8]) -> bool {
+        crate::admin::constant_time_eq(given, self.0.as_bytes())
+    }
 }
 
 /// A merchant endpoint that receives a project's events.
@@ -122,6 +142,11 @@ impl Project {
                 .iter()
                 .map(|e| Endpoint::build(p.id, e, &config.delivery).map(Arc::new))
                 .collect::<Result<_, _>>()?,
+            merchant_token: p
+                .merchant_token
+                .as_ref()
+                .map(|t| t.resolve().map(MerchantToken))
+                .transpose()?,
         })
     }
 }

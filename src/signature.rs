@@ -44,6 +44,14 @@ impl Secrets {
         self.keys.is_empty()
     }
 
+    /// Base64 HMAC-SHA512 of a canonical string under the first (newest) secret: what
+    /// cbgate signs for merchants. `None` only for a project without secrets, which the
+    /// config refuses.
+    pub fn sign(&self, canonical: &[u8]) -> Option<String> {
+        let key = self.keys.first()?;
+        Some(STANDARD.encode(hmac::sign(key, canonical).as_ref()))
+    }
+
     /// Index of the first key whose HMAC of `message` equals `tag`.
     fn matching(&self, message: &[u8], tag: &[u8]) -> Option<usize> {
         // ring::hmac::verify compares in constant time.

@@ -1,7 +1,12 @@
 //! `cbgate simulate`: the platform's side of the protocol against a running gateway.
 //! Plays the seeds' flows (kiosk verify → check_deposit → callback, Mobile Commerce OTP
 //! clarification → result, refunds) with retries and bad input mixed in, and checks
-//! every answer against what the gateway must say.
+//! every answer against what the gateway must say. With `--merchant`, `merchant_side`
+//! plays the flows that start at the merchant instead (Gate API, Payment Page).
+
+mod backend;
+pub mod merchant_side;
+mod platform;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -10,6 +10,7 @@ mod hostile;
 mod ingest;
 mod k6;
 mod lifecycle;
+mod merchant;
 mod nats;
 mod signature;
 mod simulate;
