@@ -9,6 +9,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use ring::hmac;
 
+use crate::merchant::members::Members;
+
 pub use canonical::{Canonicalizer, DEFAULT_MAX_DEPTH, Order, ParseError, Scalar, php_float};
 pub use natural::compare as natural_compare;
 
@@ -144,18 +146,36 @@ pub fn sign(canon: &mut Canonicalizer, body: &[u8], secret: &str) -> Result<Stri
 
 /// Returns `body` (a JSON object) with a root `signature` appended: for the
 /// simulator, tests and outbound signing. The body's bytes are kept as written (no
-/// re-serialisation, so number tokens stay as they are); a `signature` already in
-/// it is ignored for signing and overridden, since the last duplicate key wins.
+/// re-serialisation, so number tokens stay as they are). A root `signature` already in
+/// it is ignored for signing and replaced: the object is written again from its
+/// members' raw text without it, since a body with two `signature` keys is refused.
 pub fn attach(body: &[u8], secret: &str) -> Result<Vec<u8>, ParseError> {
     let mut canon = Canonicalizer::default();
     canon.load(body)?;
     let signature = sign_canonical(secret, canon.canonical(Order::Signer));
     let text = body.trim_ascii_end();
-    let inner = text[..text.len() - 1].trim_ascii_end();
     let mut out = Vec::with_capacity(body.len() + 104);
-    out.extend_from_slice(inner);
-    if !inner.ends_with(b"{") {
-        out.push(b',');
+    match Members::parse(text)
+        .ok()
+        .filter(|m| m.get("signature").is_some())
+    {
+        Some(members) => {
+            out.push(b'{');
+            for (name, value) in members.iter().filter(|(name, _)| *name != "signature") {
+                let name = serde_json::to_string(name).expect("a string serialises");
+                out.extend_from_slice(name.as_bytes());
+                out.push(b':');
+                out.extend_from_slice(value.get().as_bytes());
+                out.push(b',');
+            }
+        }
+        None => {
+            let inner = text[..text.len() - 1].trim_ascii_end();
+            out.extend_from_slice(inner);
+            if !inner.ends_with(b"{") {
+                out.push(b',');
+            }
+        }
     }
     out.extend_from_slice(b"\"signature\":\"");
     out.extend_from_slice(signature.as_bytes());
@@ -166,6 +186,18 @@ pub fn attach(body: &[u8], secret: &str) -> Result<Vec<u8>, ParseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attach_replaces_a_signature_already_there() {
+        let mut c = Canonicalizer::default();
+        let once = attach(br#"{"project_id":1, "signature":"old", "n":1.50}"#, "k").unwrap();
+        let twice = attach(&once, "k").unwrap();
+        assert_eq!(once, twice);
+        let text = String::from_utf8(once.clone()).unwrap();
+        assert_eq!(text.matches("\"signature\"").count(), 1, "{text}");
+        assert!(text.contains("\"n\":1.50"), "number token kept: {text}");
+        assert!(verify(&mut c, &once, &Secrets::new(&["k"]), false).is_ok());
+    }
 
     #[test]
     fn sign_then_verify_and_rotation() {
