@@ -320,27 +320,12 @@ impl Journal {
                     by_lane.remove((head.order_key.as_str(), seq))?;
                 }
             }
-            let mut signed = tx.open_table(SIGNED)?;
-            let mut signed_by_lane = tx.open_table(SIGNED_BY_LANE)?;
-            for (id, request) in &group.signed {
-                let lane = crate::store::lane(request.project, &request.payment_id);
-                let raw = serde_json::to_vec(request).map_err(StoreError::unavailable)?;
-                signed.insert((request.at_ms, *id), raw.as_slice())?;
-                signed_by_lane.insert((lane.as_str(), request.at_ms, *id), ())?;
-            }
-            if let Some(before) = group.window_start_ms {
-                let old = signed
-                    .range((0, 0)..(before, 0))?
-                    .take(SWEEP_CHUNK)
-                    .map(|row| row.map(|(k, v)| (k.value(), v.value().to_vec())))
-                    .collect::<Result<Vec<_>, _>>()?;
-                for ((at_ms, id), raw) in old {
-                    signed.remove((at_ms, id))?;
-                    if let Ok(r) = serde_json::from_slice::<SignedRequest>(&raw) {
-                        let lane = crate::store::lane(r.project, &r.payment_id);
-                        signed_by_lane.remove((lane.as_str(), at_ms, id))?;
-                    }
-                }
+            // Most groups carry no signed request and no sweep: the tables stay closed.
+            let sweep_signed = group.window_start_ms.filter(|_| before.is_some());
+            if (!group.signed.is_empty() || sweep_signed.is_some())
+                && Self::commit_signed(&tx, &group.signed, sweep_signed)?
+            {
+                unfinished = before;
             }
             tx.open_table(META)?.insert("next_seq", group.next_seq)?;
         }
@@ -348,6 +333,39 @@ impl Journal {
         *sweeping = unfinished;
         self.write_mark(group.next_seq)?;
         Ok(())
+    }
+
+    /// Records signed requests and drops a chunk of those older than `sweep_before`
+    /// (ms); true when more may be left to drop.
+    fn commit_signed(
+        tx: &redb::WriteTransaction,
+        requests: &[(u64, SignedRequest)],
+        sweep_before: Option<u64>,
+    ) -> Result<bool, StoreError> {
+        let mut signed = tx.open_table(SIGNED)?;
+        let mut signed_by_lane = tx.open_table(SIGNED_BY_LANE)?;
+        for (id, request) in requests {
+            let lane = crate::store::lane(request.project, &request.payment_id);
+            let raw = serde_json::to_vec(request).map_err(StoreError::unavailable)?;
+            signed.insert((request.at_ms, *id), raw.as_slice())?;
+            signed_by_lane.insert((lane.as_str(), request.at_ms, *id), ())?;
+        }
+        let Some(before) = sweep_before else {
+            return Ok(false);
+        };
+        let old = signed
+            .range((0, 0)..(before, 0))?
+            .take(SWEEP_CHUNK)
+            .map(|row| row.map(|(k, v)| (k.value(), v.value().to_vec())))
+            .collect::<Result<Vec<_>, _>>()?;
+        for ((at_ms, id), raw) in &old {
+            signed.remove((*at_ms, *id))?;
+            if let Ok(r) = serde_json::from_slice::<SignedRequest>(raw) {
+                let lane = crate::store::lane(r.project, &r.payment_id);
+                signed_by_lane.remove((lane.as_str(), *at_ms, *id))?;
+            }
+        }
+        Ok(old.len() == SWEEP_CHUNK)
     }
 
     /// What start-up needs: the next sequence, live dedup keys, pending deliveries.
@@ -696,6 +714,46 @@ mod tests {
     }
 
     #[test]
+    fn a_sweep_of_signed_requests_goes_on_a_chunk_per_commit_until_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path(), false, 1 << 20).unwrap();
+        let n = SWEEP_CHUNK as u64 + 10;
+        let signed = (0..n)
+            .map(|i| {
+                let request = SignedRequest {
+                    at_ms: 1_000 + i,
+                    project: 1234,
+                    payment_id: format!("p{i}"),
+                    path: "/v2/payment/mobile/sale".into(),
+                    status: 200,
+                    duration_ms: 1,
+                };
+                (i, request)
+            })
+            .collect();
+        let group = |signed, sweep_before| Group {
+            signed,
+            sweep_before,
+            window_start_ms: Some(1_000_000),
+            next_seq: 1,
+            ..Group::default()
+        };
+        journal.commit(&group(signed, None)).unwrap();
+        journal.commit(&group(vec![], Some(0))).unwrap();
+        assert_eq!(journal.lane("1234/p0").unwrap().1.len(), 0);
+        assert_eq!(
+            journal.lane(&format!("1234/p{}", n - 1)).unwrap().1.len(),
+            1
+        );
+        // No new sweep: the unfinished one carries on in the next commit.
+        journal.commit(&group(vec![], None)).unwrap();
+        assert_eq!(
+            journal.lane(&format!("1234/p{}", n - 1)).unwrap().1.len(),
+            0
+        );
+    }
+
+    #[test]
     fn a_lane_lists_its_events_and_signed_requests_until_the_window_passes() {
         let dir = tempfile::tempdir().unwrap();
         let journal = Journal::open(dir.path(), false, 1 << 20).unwrap();
@@ -721,14 +779,16 @@ mod tests {
         let (seqs, requests) = journal.lane("1234/p").unwrap();
         assert_eq!((seqs, requests.len()), (vec![1], 1));
         assert_eq!(requests[0].at_ms, 5_000);
-        // The window now starts at 5.5 s: the old request goes, and the event goes
-        // with its last delivery, its acceptance being before the window too.
+        // The window now starts at 5.5 s and a sweep runs (no dedup key expired): the
+        // old request goes, and the event goes with its last delivery, its acceptance
+        // being before the window too.
         journal
             .commit(&Group {
                 updates: vec![Update::Done {
                     seq: 1,
                     endpoint: key("a"),
                 }],
+                sweep_before: Some(0),
                 window_start_ms: Some(5_500),
                 next_seq: 2,
                 ..Group::default()
