@@ -4,6 +4,7 @@ mod cli;
 mod cluster;
 mod contract;
 mod delivery;
+mod disk;
 mod endpoint;
 mod faults;
 mod hostile;
