@@ -3,6 +3,7 @@ mod breaker;
 mod cli;
 mod cluster;
 mod contract;
+mod crash;
 mod delivery;
 mod disk;
 mod endpoint;
