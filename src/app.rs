@@ -1,7 +1,8 @@
 //! Wires the parts together and owns the order of start and shutdown:
 //! open the store → start delivery → bind → ready; on signal: not ready → stop
 //! accepting and drain requests → stop delivery → close the store (last commit) →
-//! exit, all under the grace period.
+//! exit, all under the grace period. A store that failed for good (`Store::failed`)
+//! starts the same shutdown, and the exit is non-zero.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -189,7 +190,10 @@ pub async fn run(
     ));
     ready.store(true, Ordering::Release);
 
-    shutdown.cancelled().await;
+    let failure = tokio::select! {
+        () = shutdown.cancelled() => None,
+        e = store.failed() => Some(e),
+    };
     let stopping = std::time::Instant::now();
     tracing::info!("shutting down: draining requests");
     ready.store(false, Ordering::Release);
@@ -214,7 +218,11 @@ pub async fn run(
     admin_stop.cancel();
     let _ = admin_server.await;
     tracing::info!("stopped");
-    Ok(())
+    match failure {
+        // Exit non-zero, so that a supervisor restarts the process.
+        Some(e) => Err(AppError::Store(e)),
+        None => Ok(()),
+    }
 }
 
 /// On SIGHUP, re-reads and re-validates the config; a bad one is refused and the

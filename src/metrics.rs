@@ -13,6 +13,10 @@ pub const JOURNAL_COMMIT_SECONDS: &str = "cbgate_journal_commit_seconds";
 pub const JOURNAL_BATCH_SIZE: &str = "cbgate_journal_batch_size";
 pub const JOURNAL_ERRORS_TOTAL: &str = "cbgate_journal_errors_total";
 pub const JOURNAL_QUEUE_DEPTH: &str = "cbgate_journal_queue_depth";
+/// 1 while the journal takes writes; 0 after a failed write (until it reopens) or fsync.
+pub const JOURNAL_WRITABLE: &str = "cbgate_journal_writable";
+/// Delivery progress dropped while the journal took no writes (those may be repeated).
+pub const JOURNAL_UNWRITTEN_UPDATES_TOTAL: &str = "cbgate_journal_unwritten_updates_total";
 pub const BACKPRESSURE_TOTAL: &str = "cbgate_backpressure_rejections_total";
 pub const VERIFIER_QUEUE_SECONDS: &str = "cbgate_verifier_queue_seconds";
 pub const CONNECTIONS_REJECTED_TOTAL: &str = "cbgate_connections_rejected_total";

@@ -359,6 +359,12 @@ pub trait Store: Send + Sync + 'static {
 
     fn health(&self) -> Health;
 
+    /// Resolves once the store failed in a way only a restart can clear (the embedded
+    /// journal after a failed fsync); the app then shuts down and exits non-zero.
+    fn failed(&self) -> BoxFuture<'_, StoreError> {
+        Box::pin(std::future::pending())
+    }
+
     /// Makes everything queued durable and stops; later calls answer `Closed`. Called
     /// after delivery stopped.
     fn close(&self) -> BoxFuture<'_, ()>;

@@ -10,13 +10,27 @@
 //!   everything queued before it is durable.
 //! - The dedup set in memory holds exactly the durable, unexpired keys: a hit is a
 //!   duplicate without asking the writer.
+//!
+//! When the disk fails (`Mode`)
+//! - A failed write (disk full): the group is answered 503, and so is every callback
+//!   until a probe file can be written and synced again; then the file is reopened (redb
+//!   recovers it to its last commit, which must be the writer's) and writes resume,
+//!   without a restart. Delivery progress meanwhile is not written: it may be repeated.
+//! - A failed fsync: the group is answered 503, and the journal is done for in this
+//!   process. After a failed fsync the kernel may have dropped the pages it could not
+//!   write while reporting them clean, so neither a second fsync nor a read-back proves
+//!   anything (PostgreSQL's "fsyncgate"). The app exits non-zero; the next start drops
+//!   the file's cached pages and recovers from what the disk holds.
 
+pub mod disk;
 pub mod redb;
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use self::redb::{Group, Journal, Update};
 use super::{
@@ -31,6 +45,41 @@ use crate::metrics as m;
 
 /// How often expired dedup keys are dropped.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// After a failed write, the first look for free space, and the longest gap between looks.
+const FIRST_PROBE: Duration = Duration::from_millis(100);
+const MAX_PROBE: Duration = Duration::from_secs(2);
+
+/// Whether the journal takes writes: set by the writer, read by the handle.
+#[derive(Default)]
+struct Condition {
+    state: AtomicU8,
+    /// Cancelled once the journal failed for good: the app shuts down and exits non-zero.
+    failed: CancellationToken,
+}
+
+const WRITING: u8 = 0;
+const BLOCKED: u8 = 1;
+const FAILED: u8 = 2;
+
+impl Condition {
+    fn set(&self, state: u8) {
+        self.state.store(state, Ordering::Release);
+        metrics::gauge!(m::JOURNAL_WRITABLE).set(if state == WRITING { 1.0 } else { 0.0 });
+        if state == FAILED {
+            self.failed.cancel();
+        }
+    }
+
+    /// Why callbacks cannot be made durable now, if they cannot.
+    fn refusal(&self) -> Option<&'static str> {
+        match self.state.load(Ordering::Acquire) {
+            WRITING => None,
+            BLOCKED => Some("journal write failed (disk full?): waiting for space"),
+            _ => Some("journal fsync failed: restart to recover from the disk"),
+        }
+    }
+}
 
 enum Op {
     Append(Callback, oneshot::Sender<Result<Appended, StoreError>>),
@@ -52,6 +101,7 @@ pub struct Embedded {
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Dropped at close: stops the sweeper thread.
     sweeper: Mutex<Option<crossbeam_channel::Sender<()>>>,
+    condition: Arc<Condition>,
 }
 
 /// Opens the journal in `storage.dir`, recovers it and starts the writer. Blocking.
@@ -82,8 +132,14 @@ pub fn open(storage: &Storage) -> Result<(Embedded, Feed), StoreError> {
     // bound their own memory; a full channel would stall the writer.
     let (accepted, arrivals) = crossbeam_channel::unbounded();
     let (tx, rx) = crossbeam_channel::bounded(storage.max_pending);
+    let condition = Arc::new(Condition::default());
+    condition.set(WRITING);
     let writer = Writer {
         rx,
+        dir: storage.dir.clone(),
+        mode: Mode::Writing,
+        condition: condition.clone(),
+        unwritten: 0,
         journal: journal.clone(),
         dedup: dedup.clone(),
         next_seq: recovery.next_seq,
@@ -121,6 +177,7 @@ pub fn open(storage: &Storage) -> Result<(Embedded, Feed), StoreError> {
             notices,
             writer: Mutex::new(Some(writer)),
             sweeper: Mutex::new(Some(stop_sweeper)),
+            condition,
         },
         Feed {
             arrivals,
@@ -220,6 +277,9 @@ impl Store for Embedded {
     }
 
     fn append(&self, callback: Callback) -> BoxFuture<'_, Result<Appended, StoreError>> {
+        if let Some(why) = self.condition.refusal() {
+            return Box::pin(async move { Err(StoreError::Unavailable(why.into())) });
+        }
         let (reply, rx) = oneshot::channel();
         let queued = match self.tx.0.try_send(Op::Append(callback, reply)) {
             Ok(()) => Ok(rx),
@@ -376,9 +436,19 @@ impl Store for Embedded {
         Box::pin(async { Ok(()) })
     }
 
+    fn failed(&self) -> BoxFuture<'_, StoreError> {
+        Box::pin(async move {
+            self.condition.failed.cancelled().await;
+            StoreError::Refused(self.condition.refusal().unwrap_or_default().into())
+        })
+    }
+
     fn health(&self) -> Health {
         Health {
-            ready: Ok(()),
+            ready: match self.condition.refusal() {
+                None => Ok(()),
+                Some(why) => Err(why.into()),
+            },
             dedup_keys: self.dedup.len(),
             queued: self.tx.0.len(),
         }
@@ -396,8 +466,27 @@ impl Store for Embedded {
     }
 }
 
+/// What the writer does with what it is sent.
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    Writing,
+    /// A write failed: refuse until the disk takes writes and the file reopens.
+    Blocked {
+        probe_at: Instant,
+        gap: Duration,
+    },
+    /// An fsync failed, or the reopened file disagreed: refuse until the process ends.
+    Failed,
+}
+
 struct Writer {
     rx: crossbeam_channel::Receiver<Op>,
+    /// The journal's directory, where a probe file tells when space is back.
+    dir: std::path::PathBuf,
+    mode: Mode,
+    condition: Arc<Condition>,
+    /// Delivery updates dropped while refusing writes.
+    unwritten: u64,
     journal: Arc<Journal>,
     dedup: Arc<DedupSet>,
     next_seq: u64,
@@ -416,10 +505,21 @@ impl Writer {
         let mut batch_keys = std::collections::HashSet::new();
         let mut closing = false;
         loop {
+            if let Mode::Blocked { probe_at, .. } = self.mode
+                && Instant::now() >= probe_at
+            {
+                self.try_reopen();
+            }
             let first = if closing {
                 match self.rx.try_recv() {
                     Ok(op) => op,
                     Err(_) => break,
+                }
+            } else if let Mode::Blocked { probe_at, .. } = self.mode {
+                match self.rx.recv_deadline(probe_at) {
+                    Ok(op) => op,
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
                 }
             } else {
                 match self.rx.recv() {
@@ -427,6 +527,10 @@ impl Writer {
                     Err(_) => break,
                 }
             };
+            if !matches!(self.mode, Mode::Writing) {
+                closing |= self.refuse(first);
+                continue;
+            }
             let mut group = Group::default();
             let mut replies: Vec<Reply> = Vec::new();
             let mut flushes = Vec::new();
@@ -526,8 +630,94 @@ impl Writer {
                     for reply in flushes.into_iter().chain(recorded) {
                         let _ = reply.send(Err(StoreError::unavailable(&e)));
                     }
+                    self.after_failure();
                 }
             }
         }
+    }
+
+    /// Decides, from what failed, whether the journal can be written again.
+    fn after_failure(&mut self) {
+        let faults = self.journal.faults();
+        if faults.sync_failed() {
+            self.fail("an fsync of the journal failed");
+        } else if faults.io_failed() {
+            // redb refuses every commit from now on, until the file is reopened.
+            tracing::error!("journal write failed; answering 503 until the disk takes writes");
+            self.mode = Mode::Blocked {
+                probe_at: Instant::now() + FIRST_PROBE,
+                gap: FIRST_PROBE,
+            };
+            self.condition.set(BLOCKED);
+        }
+        // Otherwise only that commit failed, and the next group tries again.
+    }
+
+    fn fail(&mut self, why: &str) {
+        tracing::error!(
+            why,
+            "journal failed: answering 503 and exiting, so that a restart recovers it from the disk"
+        );
+        self.mode = Mode::Failed;
+        self.condition.set(FAILED);
+    }
+
+    /// Answers `op` without writing; true for `Close`.
+    fn refuse(&mut self, op: Op) -> bool {
+        let why =
+            || StoreError::Unavailable(self.condition.refusal().unwrap_or_default().to_string());
+        match op {
+            Op::Append(_, reply) => {
+                let _ = reply.send(Err(why()));
+            }
+            Op::Signed(_, reply) => {
+                let _ = reply.send(Err(why()));
+            }
+            Op::Flush(reply) => {
+                let _ = reply.send(Err(why()));
+            }
+            Op::Update(_) => {
+                // The row keeps its last durable state: at worst the delivery is repeated.
+                self.unwritten += 1;
+                metrics::counter!(m::JOURNAL_UNWRITTEN_UPDATES_TOTAL).increment(1);
+            }
+            Op::Sweep(_) => {}
+            Op::Close => return true,
+        }
+        false
+    }
+
+    /// When the disk takes a probe file again, reopens the journal; else looks later.
+    fn try_reopen(&mut self) {
+        let Mode::Blocked { gap, .. } = self.mode else {
+            return;
+        };
+        if disk::space_returned(&self.dir) {
+            match self.journal.reopen(self.next_seq) {
+                Ok(()) => {
+                    tracing::info!(
+                        unwritten_updates = self.unwritten,
+                        "journal reopened: taking writes again"
+                    );
+                    self.mode = Mode::Writing;
+                    self.condition.set(WRITING);
+                    return;
+                }
+                Err(e)
+                    if matches!(e, StoreError::Refused(_))
+                        || self.journal.faults().sync_failed() =>
+                {
+                    tracing::error!(error = %e, "journal reopen");
+                    self.fail("the journal could not be reopened as it was");
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, "journal reopen failed; trying again"),
+            }
+        }
+        let gap = (gap * 2).min(MAX_PROBE);
+        self.mode = Mode::Blocked {
+            probe_at: Instant::now() + gap,
+            gap,
+        };
     }
 }

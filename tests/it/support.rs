@@ -67,6 +67,9 @@ pub fn free_addr() -> SocketAddr {
     }
 }
 
+/// An answer's headers, names lower-cased, in order.
+pub type Headers = Vec<(String, String)>;
+
 /// One keep-alive HTTP/1.1 connection, blocking: enough to talk to cbgate.
 pub struct Conn {
     reader: BufReader<TcpStream>,
@@ -90,6 +93,18 @@ impl Conn {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> std::io::Result<(u16, Vec<u8>)> {
+        self.exchange(method, path, headers, body)
+            .map(|(status, _, body)| (status, body))
+    }
+
+    /// As `request`, with the answer's headers (names lower-cased).
+    pub fn exchange(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<(u16, Headers, Vec<u8>)> {
         let mut head = format!(
             "{method} {path} HTTP/1.1\r\nHost: cbgate\r\nContent-Length: {}\r\n",
             body.len()
@@ -114,6 +129,7 @@ impl Conn {
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
         let mut len = 0usize;
+        let mut answer_headers = Vec::new();
         loop {
             line.clear();
             self.reader.read_line(&mut line)?;
@@ -121,15 +137,17 @@ impl Conn {
             if l.is_empty() {
                 break;
             }
-            if let Some((k, v)) = l.split_once(':')
-                && k.eq_ignore_ascii_case("content-length")
-            {
-                len = v.trim().parse().unwrap_or(0);
+            if let Some((k, v)) = l.split_once(':') {
+                let k = k.trim().to_ascii_lowercase();
+                if k == "content-length" {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                answer_headers.push((k, v.trim().to_string()));
             }
         }
         let mut out = vec![0; len];
         self.reader.read_exact(&mut out)?;
-        Ok((status, out))
+        Ok((status, answer_headers, out))
     }
 
     pub fn post(&mut self, path: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
@@ -160,6 +178,8 @@ pub struct Gateway {
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     pub stderr_path: PathBuf,
+    /// Extra environment for the process (e.g. `LD_PRELOAD`), applied at each spawn.
+    pub env: Vec<(String, String)>,
 }
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
@@ -178,6 +198,13 @@ impl Gateway {
 
     /// As `start`, with extra `[server]` and `[storage]` keys.
     pub fn start_config(projects: &str, server_extra: &str, storage_extra: &str) -> Gateway {
+        let mut g = Self::configure(projects, server_extra, storage_extra);
+        g.spawn();
+        g
+    }
+
+    /// As `start_config`, without starting the process (`spawn` starts it).
+    pub fn configure(projects: &str, server_extra: &str, storage_extra: &str) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let addr = free_addr();
         let admin = free_addr();
@@ -189,20 +216,26 @@ impl Gateway {
         let config_path = dir.path().join("cbgate.toml");
         std::fs::write(&config_path, config).unwrap();
         let stderr_path = dir.path().join("cbgate.log");
-        let mut g = Gateway {
+        Gateway {
             child: None,
             addr,
             admin,
             dir,
             config_path,
             stderr_path,
-        };
-        g.spawn();
-        g
+            env: Vec::new(),
+        }
     }
 
-    /// Starts the process on the same config and data (after `kill` or `stop`).
+    /// Starts the process on the same config and data (after `kill` or `stop`) and
+    /// waits until it is ready.
     pub fn spawn(&mut self) {
+        self.launch();
+        self.wait_ready(Duration::from_secs(30));
+    }
+
+    /// Starts the process without waiting for it to be ready.
+    pub fn launch(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -210,13 +243,13 @@ impl Gateway {
             .unwrap();
         let child = Command::new(BIN)
             .args(["serve", "--config", self.config_path.to_str().unwrap()])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("cbgate starts");
         self.child = Some(child);
-        self.wait_ready(Duration::from_secs(30));
     }
 
     pub fn wait_ready(&mut self, limit: Duration) {

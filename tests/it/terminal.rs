@@ -67,7 +67,10 @@ fn serve(
         let mut len = 0;
         loop {
             line.clear();
-            reader.read_line(&mut line).unwrap();
+            // A gateway killed mid-request (the crash suite) leaves a cut request.
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
             if line.trim_end().is_empty() {
                 break;
             }
@@ -76,7 +79,9 @@ fn serve(
             }
         }
         let mut body = vec![0; len];
-        reader.read_exact(&mut body).unwrap();
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
         *seen.lock().unwrap().entry(body.clone()).or_default() += 1;
         let req: Value = serde_json::from_slice(&body).unwrap();
         let check_deposit = req["type"] == "check_deposit";

@@ -23,12 +23,22 @@
 //! Plus `commit.mark`: the last committed `next_seq`, rewritten (not synced) after every
 //! commit. If redb ever opens behind it (a damaged file repaired to an older commit),
 //! start-up refuses instead of serving with silent loss.
+//!
+//! A failed write (disk full) leaves redb refusing every commit until the file is
+//! reopened (`reopen`); the file goes through `disk::Watched`, which tells a failed
+//! write from a failed fsync.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
+    WriteTransaction,
+};
+
+use super::disk::{self, Faults, Watched};
 
 use crate::dedup::DedupKey;
 use crate::store::record;
@@ -114,11 +124,40 @@ pub struct Recovery {
 
 /// One redb file.
 pub struct Journal {
-    db: Database,
+    /// `None` while the file is being reopened after a failed write.
+    db: RwLock<Option<Database>>,
     path: PathBuf,
+    verify: bool,
+    cache_bytes: usize,
+    faults: Arc<Faults>,
     mark: File,
     /// A sweep left unfinished: the keys expiring before it still to drop.
     sweeping: std::sync::Mutex<Option<u32>>,
+}
+
+fn reopening() -> StoreError {
+    StoreError::Unavailable("journal: being reopened after a failed write".into())
+}
+
+/// Opens the file through `disk::Watched`, its cached pages dropped first so that what
+/// is recovered is what the disk holds.
+fn open_db(
+    path: &Path,
+    verify: bool,
+    cache_bytes: usize,
+    faults: &Arc<Faults>,
+) -> Result<Database, redb::DatabaseError> {
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    disk::drop_cached_pages(&file);
+    Database::builder()
+        .set_cache_size(cache_bytes)
+        .set_check_integrity_on_open(verify)
+        .create_with_backend(Watched::new(file, faults.clone())?)
 }
 
 /// Expired dedup keys (and the events they kept) dropped per commit at most: a
@@ -132,10 +171,8 @@ impl Journal {
     pub fn open(dir: &Path, verify: bool, cache_bytes: usize) -> Result<Journal, StoreError> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("cbgate.redb");
-        let db = Database::builder()
-            .set_cache_size(cache_bytes)
-            .set_check_integrity_on_open(verify && path.exists())
-            .create(&path)
+        let faults = Arc::new(Faults::default());
+        let db = open_db(&path, verify && path.exists(), cache_bytes, &faults)
             .map_err(|e| StoreError::Refused(format!("cannot open {}: {e}", path.display())))?;
         let mark = File::options()
             .read(true)
@@ -144,8 +181,11 @@ impl Journal {
             .truncate(false)
             .open(dir.join("commit.mark"))?;
         let journal = Journal {
-            db,
+            db: RwLock::new(Some(db)),
             path,
+            verify,
+            cache_bytes,
+            faults,
             mark,
             sweeping: std::sync::Mutex::new(None),
         };
@@ -163,8 +203,49 @@ impl Journal {
         Ok(journal)
     }
 
+    fn read_tx(&self) -> Result<ReadTransaction, StoreError> {
+        match &*self.db.read().expect("journal lock") {
+            Some(db) => Ok(db.begin_read()?),
+            None => Err(reopening()),
+        }
+    }
+
+    fn write_tx(&self) -> Result<WriteTransaction, StoreError> {
+        match &*self.db.read().expect("journal lock") {
+            Some(db) => Ok(db.begin_write()?),
+            None => Err(reopening()),
+        }
+    }
+
+    /// What failed since the file was (re)opened.
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    /// Closes the file and opens it again, which recovers it to its last durable commit:
+    /// after a failed write, redb refuses every commit until then. That commit must be
+    /// the one the writer knows of (`next_seq`); a file that disagrees is refused.
+    pub fn reopen(&self, next_seq: u64) -> Result<(), StoreError> {
+        let old = self.db.write().expect("journal lock").take();
+        // An error here only repeats the failure that brought us here.
+        drop(old.map(Database::close));
+        self.faults.reset();
+        // Readers meanwhile get "reopening" rather than wait on a lock for the
+        // integrity check.
+        let db = open_db(&self.path, self.verify, self.cache_bytes, &self.faults)?;
+        *self.db.write().expect("journal lock") = Some(db);
+        let found = self.next_seq()?;
+        if found != next_seq {
+            return Err(StoreError::Refused(format!(
+                "journal {} reopened at #{found}, but #{next_seq} was expected",
+                self.path.display()
+            )));
+        }
+        Ok(())
+    }
+
     fn init(&self) -> Result<(), StoreError> {
-        let mut tx = self.db.begin_write()?;
+        let mut tx = self.write_tx()?;
         tx.set_durability(Durability::Immediate)?;
         tx.set_quick_repair(false);
         {
@@ -185,7 +266,7 @@ impl Journal {
     }
 
     fn next_seq(&self) -> Result<u64, StoreError> {
-        let tx = self.db.begin_read()?;
+        let tx = self.read_tx()?;
         Ok(tx
             .open_table(META)?
             .get("next_seq")?
@@ -221,7 +302,7 @@ impl Journal {
         let mut sweeping = self.sweeping.lock().expect("sweep lock");
         let before = group.sweep_before.or(*sweeping);
         let mut unfinished = None;
-        let mut tx = self.db.begin_write()?;
+        let mut tx = self.write_tx()?;
         tx.set_durability(Durability::Immediate)?;
         tx.set_quick_repair(false);
         {
@@ -331,7 +412,12 @@ impl Journal {
         }
         tx.commit()?;
         *sweeping = unfinished;
-        self.write_mark(group.next_seq)?;
+        // The commit is durable whatever happens to the mark, and is answered as such
+        // (a 503 here would give its sequence numbers out twice). A stale mark only
+        // weakens the check at the next open.
+        if let Err(e) = self.write_mark(group.next_seq) {
+            tracing::warn!(error = %e, "commit mark not written");
+        }
         Ok(())
     }
 
@@ -370,7 +456,7 @@ impl Journal {
 
     /// What start-up needs: the next sequence, live dedup keys, pending deliveries.
     pub fn recover(&self, now_s: u32) -> Result<Recovery, StoreError> {
-        let tx = self.db.begin_read()?;
+        let tx = self.read_tx()?;
         let next_seq = tx
             .open_table(META)?
             .get("next_seq")?
@@ -424,7 +510,7 @@ impl Journal {
 
     /// The seqs of the events kept for `lane`, and its signed requests, oldest first.
     pub fn lane(&self, lane: &str) -> Result<(Vec<u64>, Vec<SignedRequest>), StoreError> {
-        let tx = self.db.begin_read()?;
+        let tx = self.read_tx()?;
         let seqs = tx
             .open_table(BY_LANE)?
             .range((lane, 0)..=(lane, u64::MAX))?
@@ -447,7 +533,7 @@ impl Journal {
     }
 
     pub fn event(&self, seq: u64) -> Result<Option<Event>, StoreError> {
-        let tx = self.db.begin_read()?;
+        let tx = self.read_tx()?;
         let events = tx.open_table(EVENTS)?;
         events
             .get(seq)?
@@ -463,7 +549,7 @@ impl Journal {
         after: Option<(String, u64)>,
         limit: usize,
     ) -> Result<Vec<(String, u64, Vec<u8>)>, StoreError> {
-        let tx = self.db.begin_read()?;
+        let tx = self.read_tx()?;
         let dead = tx.open_table(DEAD)?;
         let mut start = after
             .map(|(e, s)| (e, s.saturating_add(1)))
@@ -494,7 +580,7 @@ impl Journal {
         seq: u64,
         endpoint: &str,
     ) -> Result<Option<(bool, Vec<u8>)>, StoreError> {
-        let tx = self.db.begin_read()?;
+        let tx = self.read_tx()?;
         if let Some(v) = tx.open_table(DELIVERIES)?.get((seq, endpoint))? {
             return Ok(Some((false, v.value().to_vec())));
         }
@@ -513,7 +599,7 @@ impl Journal {
         from: u64,
         limit: usize,
     ) -> Result<crate::store::PendingPage, StoreError> {
-        let tx = self.db.begin_read()?;
+        let tx = self.read_tx()?;
         let next_seq = tx
             .open_table(META)?
             .get("next_seq")?
@@ -584,6 +670,18 @@ mod tests {
             ..Group::default()
         };
         journal.commit(&group).unwrap();
+    }
+
+    #[test]
+    fn a_reopen_finds_the_last_commit_or_refuses_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path(), true, 1 << 20).unwrap();
+        commit(&journal, vec![(event(1, &["a"]), 100)], vec![], None);
+        journal.reopen(10).unwrap();
+        assert!(journal.event(1).unwrap().is_some());
+        commit(&journal, vec![(event(2, &["a"]), 100)], vec![], None);
+        // The writer believes in another commit than the file holds.
+        assert!(matches!(journal.reopen(11), Err(StoreError::Refused(_))));
     }
 
     #[test]
