@@ -165,6 +165,7 @@ impl Delivery {
                 },
             ),
             Notice::Pause { endpoint, paused } => self.send(&endpoint, Cmd::Pause(paused)),
+            Notice::Dropped { endpoint, seq } => self.send(&endpoint, Cmd::Dropped(seq)),
             Notice::Release { partitions } => {
                 let partitions: Arc<[u16]> = partitions.into();
                 for tx in self.senders() {

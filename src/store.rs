@@ -119,6 +119,21 @@ pub enum Appended {
     Duplicate,
 }
 
+/// A stored event the engine could not read, taken out of the delivery path (its
+/// pending deliveries dropped) and kept as found, for forensics (`GET /admin/quarantine`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    pub seq: u64,
+    /// When it was quarantined.
+    pub at_ms: u64,
+    /// Why it could not be read.
+    pub reason: String,
+    /// Endpoints whose pending delivery of it was dropped.
+    pub endpoints: Vec<String>,
+    /// The record's bytes as found; empty when the record itself was missing.
+    pub raw: Vec<u8>,
+}
+
 /// Why the store could not do something. Busy, Unavailable and Closed mean "not now":
 /// ingress answers 503 and the platform retries.
 #[derive(Debug, thiserror::Error)]
@@ -229,6 +244,12 @@ pub enum Notice {
         endpoint: EndpointKey,
         paused: bool,
     },
+    /// The pending delivery of event `seq` at `endpoint` left the store without an
+    /// outcome (the event could not be read and was quarantined): it counts no more.
+    Dropped {
+        endpoint: EndpointKey,
+        seq: u64,
+    },
     /// This node no longer delivers these partitions: drop their deliveries from
     /// memory (the store keeps them for the node that does).
     Release {
@@ -320,6 +341,17 @@ pub trait Store: Send + Sync + 'static {
         seq: Option<u64>,
         renew: fn(&[u8]) -> Vec<u8>,
     ) -> BoxFuture<'_, Result<usize, StoreError>>;
+
+    /// Quarantined records with a seq above `after`, oldest first. Engines that keep
+    /// none list none (JetStream skips an unreadable message, counted in
+    /// `cbgate_store_malformed_records_total`).
+    fn quarantined(
+        &self,
+        _after: Option<u64>,
+        _limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Quarantined>, StoreError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
 
     /// One event and where each of its deliveries stands.
     fn event(&self, seq: u64) -> BoxFuture<'_, Result<Option<EventView>, StoreError>>;

@@ -10,6 +10,9 @@
 //!   everything queued before it is durable.
 //! - The dedup set in memory holds exactly the durable, unexpired keys: a hit is a
 //!   duplicate without asking the writer.
+//! - An event record that cannot be decoded never holds up its endpoint: recovery, a
+//!   worker's read or a commit that meets it has the writer move it to the quarantine
+//!   (`redb.rs`) with its pending deliveries, and the workers stop counting them.
 
 pub mod redb;
 
@@ -18,10 +21,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use self::redb::{Group, Journal, Update};
+use self::redb::{Committed, Group, Journal, Update};
 use super::{
     Appended, BoxFuture, Cursor, DeadLetter, DeadPage, EndpointKey, Event, EventView, Feed, Health,
-    Notice, PaymentView, PendingPage, Settle, SignedRequest, Store, StoreError,
+    Notice, PaymentView, PendingPage, Quarantined, Settle, SignedRequest, Store, StoreError,
 };
 use crate::callback::Callback;
 use crate::clock::{now_ms, now_s};
@@ -62,7 +65,12 @@ pub fn open(storage: &Storage) -> Result<(Embedded, Feed), StoreError> {
         storage.verify_on_open,
         storage.cache_bytes,
     )?);
+    // Present from the start, so an alert on it has a series to watch.
+    metrics::counter!(m::STORE_QUARANTINED_TOTAL).increment(0);
     let recovery = journal.recover(now_s())?;
+    for record in &recovery.quarantined {
+        report_quarantined(record);
+    }
     let dedup = Arc::new(DedupSet::with_capacity(recovery.dedup.len()));
     for (key, expires) in &recovery.dedup {
         dedup.insert(*key, *expires);
@@ -75,6 +83,7 @@ pub fn open(storage: &Storage) -> Result<(Embedded, Feed), StoreError> {
         next_seq = recovery.next_seq,
         dedup_keys = recovery.dedup.len(),
         pending_deliveries = recovery.pending.len(),
+        quarantined = recovery.quarantined.len(),
         took_ms = started.elapsed().as_millis() as u64,
         "journal recovered"
     );
@@ -82,6 +91,7 @@ pub fn open(storage: &Storage) -> Result<(Embedded, Feed), StoreError> {
     // bound their own memory; a full channel would stall the writer.
     let (accepted, arrivals) = crossbeam_channel::unbounded();
     let (tx, rx) = crossbeam_channel::bounded(storage.max_pending);
+    let (notices, notices_rx) = mpsc::unbounded_channel();
     let writer = Writer {
         rx,
         journal: journal.clone(),
@@ -91,6 +101,7 @@ pub fn open(storage: &Storage) -> Result<(Embedded, Feed), StoreError> {
         window: storage.dedup_window,
         signed_ids: crate::clock::now_ms(),
         accepted,
+        notices: notices.clone(),
     };
     let writer = std::thread::Builder::new()
         .name("journal-writer".into())
@@ -112,7 +123,6 @@ pub fn open(storage: &Storage) -> Result<(Embedded, Feed), StoreError> {
                 }
             })?;
     }
-    let (notices, notices_rx) = mpsc::unbounded_channel();
     Ok((
         Embedded {
             tx: Queue(tx),
@@ -269,7 +279,28 @@ impl Store for Embedded {
         limit: usize,
         _horizon: u64,
     ) -> BoxFuture<'_, Result<PendingPage, StoreError>> {
-        Box::pin(self.read(move |j| j.pending(endpoint.as_str(), from, limit)))
+        Box::pin(async move {
+            let (page, damaged) = self
+                .read(move |j| j.pending(endpoint.as_str(), from, limit))
+                .await?;
+            // The rows are left out of the page; the writer quarantines their events
+            // and tells every worker that counted them (`Notice::Dropped`).
+            for d in damaged {
+                self.tx.update(Update::Quarantine {
+                    seq: d.seq,
+                    reason: d.reason,
+                })?;
+            }
+            Ok(page)
+        })
+    }
+
+    fn quarantined(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Quarantined>, StoreError>> {
+        Box::pin(self.read(move |j| j.quarantined(after, limit)))
     }
 
     fn dead_letters(
@@ -360,7 +391,14 @@ impl Store for Embedded {
             let (seqs, signed) = j.lane(&super::lane(project, &payment_id))?;
             let mut events = Vec::new();
             for seq in seqs {
-                events.extend(j.view(seq)?);
+                match j.view(seq) {
+                    Ok(view) => events.extend(view),
+                    // One unreadable record does not hide the rest of the timeline.
+                    Err(StoreError::Malformed(seq)) => {
+                        tracing::warn!(seq, "timeline: an unreadable event left out")
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             Ok(PaymentView { signed, events })
         }))
@@ -407,11 +445,36 @@ struct Writer {
     signed_ids: u64,
     /// Accepted events go to the delivery engine after their commit.
     accepted: crossbeam_channel::Sender<Arc<Event>>,
+    /// Deliveries dropped with a quarantined record, for the workers that count them.
+    notices: mpsc::UnboundedSender<Notice>,
 }
 
 type Reply = (oneshot::Sender<Result<Appended, StoreError>>, Appended);
 
+/// Logs and counts a record just quarantined: once, as a later report of the same
+/// record only adds to its entry.
+fn report_quarantined(record: &Quarantined) {
+    metrics::counter!(m::STORE_QUARANTINED_TOTAL).increment(1);
+    tracing::error!(
+        seq = record.seq,
+        reason = %record.reason,
+        endpoints = ?record.endpoints,
+        bytes = record.raw.len(),
+        "unreadable journal record quarantined (GET /admin/quarantine); its deliveries \
+         are dropped, the other deliveries of its endpoints go on"
+    );
+}
+
 impl Writer {
+    fn quarantined(&self, committed: Committed) {
+        for record in &committed.quarantined {
+            report_quarantined(record);
+        }
+        for (seq, endpoint) in committed.dropped {
+            let _ = self.notices.send(Notice::Dropped { endpoint, seq });
+        }
+    }
+
     fn run(mut self) {
         let mut batch_keys = std::collections::HashSet::new();
         let mut closing = false;
@@ -495,7 +558,8 @@ impl Writer {
             metrics::histogram!(m::JOURNAL_COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
             metrics::histogram!(m::JOURNAL_BATCH_SIZE).record(group.events.len() as f64);
             match result {
-                Ok(()) => {
+                Ok(committed) => {
+                    self.quarantined(committed);
                     for (event, expires) in &group.events {
                         self.dedup.insert(event.dedup, *expires);
                     }
@@ -529,5 +593,67 @@ impl Writer {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[tokio::test]
+    async fn a_read_that_meets_an_unreadable_record_has_it_quarantined_and_every_worker_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = |name: &str| EndpointKey::new(1234, name);
+        {
+            let journal = Journal::open(dir.path(), false, 1 << 20).unwrap();
+            let events = (1..=3)
+                .map(|seq| {
+                    let event = Event {
+                        seq,
+                        accepted_ms: 0,
+                        project: 1234,
+                        dedup: DedupKey(u128::from(seq)),
+                        order_key: "1234/pay".into(),
+                        partition: 0,
+                        endpoints: vec![key("a"), key("b")],
+                        body: Bytes::from_static(b"{}"),
+                    };
+                    (event, u32::MAX)
+                })
+                .collect();
+            let group = Group {
+                events,
+                next_seq: 4,
+                ..Group::default()
+            };
+            journal.commit(&group).unwrap();
+        }
+        let storage = Storage {
+            dir: dir.path().into(),
+            verify_on_open: false,
+            cache_bytes: 1 << 20,
+            ..Storage::default()
+        };
+        let (store, mut feed) = open(&storage).unwrap();
+        assert_eq!(feed.recovered, [(key("a"), 3), (key("b"), 3)]);
+        // Damaged after recovery looked (a replayed dead letter is read only now).
+        store.journal.overwrite_record(2, b"\x01");
+        let seqs = |page: PendingPage| page.rows.iter().map(|r| r.0.seq).collect::<Vec<_>>();
+        let page = store.pending(key("a"), 0, 10, 0).await.unwrap();
+        assert_eq!(seqs(page), [1, 3], "the rest of the endpoint goes on");
+        store.flush().await.unwrap();
+        let mut told = Vec::new();
+        while let Ok(notice) = feed.notices.try_recv() {
+            if let Notice::Dropped { endpoint, seq } = notice {
+                told.push((endpoint, seq));
+            }
+        }
+        assert_eq!(told, [(key("a"), 2), (key("b"), 2)], "each worker once");
+        let listed = store.quarantined(None, 10).await.unwrap();
+        assert_eq!((listed.len(), listed[0].raw.as_slice()), (1, &b"\x01"[..]));
+        let page = store.pending(key("b"), 0, 10, 0).await.unwrap();
+        assert_eq!(seqs(page), [1, 3]);
+        store.close().await;
     }
 }

@@ -12,6 +12,7 @@ mod k6;
 mod lifecycle;
 mod merchant;
 mod nats;
+mod quarantine;
 mod signature;
 mod simulate;
 mod support;
