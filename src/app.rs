@@ -1,7 +1,8 @@
 //! Wires the parts together and owns the order of start and shutdown:
 //! open the store → start delivery → bind → ready; on signal: not ready → stop
 //! accepting and drain requests → stop delivery → close the store (last commit) →
-//! exit, all under the grace period.
+//! exit, all under the grace period. The death of a critical thread (`watchdog`) takes
+//! the same path, readiness red first, and ends in `AppError::ThreadDied` (exit 70).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +24,7 @@ use crate::projects::Projects;
 use crate::store::{self, StoreError};
 use crate::terminal::Terminal;
 use crate::verifier::Verifier;
+use crate::watchdog::{Death, Watchdog};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -32,6 +34,9 @@ pub enum AppError {
     Bind { addr: String, error: std::io::Error },
     #[error("{0}")]
     Config(String),
+    /// A critical thread ended while serving: restart the process.
+    #[error("{0}; exiting for a supervisor to restart cbgate")]
+    ThreadDied(Death),
 }
 
 /// Grace period for draining connections at shutdown.
@@ -95,9 +100,16 @@ pub async fn run(
         ))
     };
 
-    let (store, feed) = store::open(&config).await?;
-    let delivery = Delivery::start(&config.delivery, store.clone(), projects.clone(), feed)
-        .map_err(AppError::Config)?;
+    let (watchdog, mut deaths) = Watchdog::new();
+    let (store, feed) = store::open(&config, &watchdog).await?;
+    let delivery = Delivery::start(
+        &config.delivery,
+        store.clone(),
+        projects.clone(),
+        feed,
+        &watchdog,
+    )
+    .map_err(AppError::Config)?;
     {
         let delivery = delivery.clone();
         store.serve_status(Arc::new(move || {
@@ -189,10 +201,22 @@ pub async fn run(
     ));
     ready.store(true, Ordering::Release);
 
-    shutdown.cancelled().await;
+    let died = tokio::select! {
+        () = shutdown.cancelled() => None,
+        death = deaths.next() => Some(death),
+    };
     let stopping = std::time::Instant::now();
-    tracing::info!("shutting down: draining requests");
     ready.store(false, Ordering::Release);
+    match &died {
+        // Draining still answers what it can: a dead writer makes intake 503, a dead
+        // dispatcher leaves new events in the journal for the restarted process.
+        Some(death) => tracing::error!(
+            thread = death.thread,
+            panicked = death.panicked,
+            "{death}: not ready; draining, then exiting 70 for a supervisor to restart cbgate"
+        ),
+        None => tracing::info!("shutting down: draining requests"),
+    }
     stop_accepting.cancel();
     if let Some((_, _, stop)) = &merchant {
         stop.cancel();
@@ -214,7 +238,10 @@ pub async fn run(
     admin_stop.cancel();
     let _ = admin_server.await;
     tracing::info!("stopped");
-    Ok(())
+    match died {
+        Some(death) => Err(AppError::ThreadDied(death)),
+        None => Ok(()),
+    }
 }
 
 /// On SIGHUP, re-reads and re-validates the config; a bad one is refused and the

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::callback::Callback;
 use crate::config::{Config, Engine};
 use crate::dedup::DedupKey;
+use crate::watchdog::Watchdog;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -398,13 +399,18 @@ pub trait Store: Send + Sync + 'static {
 
 /// Opens the engine `config.storage` names. Returns it and what this node's delivery
 /// engine reads.
-pub async fn open(config: &Config) -> Result<(Arc<dyn Store>, Feed), StoreError> {
+/// Its critical threads report to `watchdog`.
+pub async fn open(
+    config: &Config,
+    watchdog: &Watchdog,
+) -> Result<(Arc<dyn Store>, Feed), StoreError> {
     match config.storage.engine {
         Engine::Embedded => {
-            let storage = config.storage.clone();
-            let (store, feed) = tokio::task::spawn_blocking(move || embedded::open(&storage))
-                .await
-                .map_err(|e| StoreError::Refused(format!("journal open failed: {e}")))??;
+            let (storage, watchdog) = (config.storage.clone(), watchdog.clone());
+            let (store, feed) =
+                tokio::task::spawn_blocking(move || embedded::open(&storage, &watchdog))
+                    .await
+                    .map_err(|e| StoreError::Refused(format!("journal open failed: {e}")))??;
             Ok((Arc::new(store), feed))
         }
         Engine::Jetstream => jetstream::open(config).await,

@@ -7,5 +7,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-20}
 python3 -m pip install -q -r tests/requirements.txt
-cargo test --test it -- hostile:: faults:: breaker:: quarantine::
+cargo test --test it -- hostile:: faults:: breaker:: quarantine:: watchdog::
 fuzz/run.sh "$secs"

@@ -13,6 +13,8 @@
 //! - An event record that cannot be decoded never holds up its endpoint: recovery, a
 //!   worker's read or a commit that meets it has the writer move it to the quarantine
 //!   (`redb.rs`) with its pending deliveries, and the workers stop counting them.
+//! - The writer is a critical thread (`watchdog`): if it dies, readiness turns red and
+//!   the process exits for a restart.
 
 pub mod redb;
 
@@ -31,6 +33,7 @@ use crate::clock::{now_ms, now_s};
 use crate::config::Storage;
 use crate::dedup::{DedupKey, DedupSet};
 use crate::metrics as m;
+use crate::watchdog::{Tripwire, Watchdog};
 
 /// How often expired dedup keys are dropped.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -57,8 +60,9 @@ pub struct Embedded {
     sweeper: Mutex<Option<crossbeam_channel::Sender<()>>>,
 }
 
-/// Opens the journal in `storage.dir`, recovers it and starts the writer. Blocking.
-pub fn open(storage: &Storage) -> Result<(Embedded, Feed), StoreError> {
+/// Opens the journal in `storage.dir`, recovers it and starts the writer, watched by
+/// `watchdog`. Blocking.
+pub fn open(storage: &Storage, watchdog: &Watchdog) -> Result<(Embedded, Feed), StoreError> {
     let started = Instant::now();
     let journal = Arc::new(Journal::open(
         &storage.dir,
@@ -102,10 +106,15 @@ pub fn open(storage: &Storage) -> Result<(Embedded, Feed), StoreError> {
         signed_ids: crate::clock::now_ms(),
         accepted,
         notices: notices.clone(),
+        tripwire: Tripwire::new("journal-writer"),
     };
+    let guard = watchdog.guard("journal-writer");
     let writer = std::thread::Builder::new()
         .name("journal-writer".into())
-        .spawn(move || writer.run())?;
+        .spawn(move || {
+            let _guard = guard;
+            writer.run();
+        })?;
     let (stop_sweeper, stopped) = crossbeam_channel::bounded::<()>(0);
     {
         let (tx, dedup) = (tx.clone(), dedup.clone());
@@ -415,8 +424,18 @@ impl Store for Embedded {
     }
 
     fn health(&self) -> Health {
+        let writing = self
+            .writer
+            .lock()
+            .expect("writer lock")
+            .as_ref()
+            .is_some_and(|w| !w.is_finished());
         Health {
-            ready: Ok(()),
+            ready: if writing {
+                Ok(())
+            } else {
+                Err("the journal writer stopped".into())
+            },
             dedup_keys: self.dedup.len(),
             queued: self.tx.0.len(),
         }
@@ -447,6 +466,7 @@ struct Writer {
     accepted: crossbeam_channel::Sender<Arc<Event>>,
     /// Deliveries dropped with a quarantined record, for the workers that count them.
     notices: mpsc::UnboundedSender<Notice>,
+    tripwire: Tripwire,
 }
 
 type Reply = (oneshot::Sender<Result<Appended, StoreError>>, Appended);
@@ -501,6 +521,7 @@ impl Writer {
             while let Some(next) = op.take() {
                 match next {
                     Op::Append(cb, reply) => {
+                        self.tripwire.step();
                         // Duplicates of a durable key, or of one in this very group, are
                         // answered after this commit: never before the original is safe.
                         if self.dedup.contains(cb.dedup, now) || !batch_keys.insert(cb.dedup) {
@@ -635,7 +656,7 @@ mod tests {
             cache_bytes: 1 << 20,
             ..Storage::default()
         };
-        let (store, mut feed) = open(&storage).unwrap();
+        let (store, mut feed) = open(&storage, &Watchdog::unwatched()).unwrap();
         assert_eq!(feed.recovered, [(key("a"), 3), (key("b"), 3)]);
         // Damaged after recovery looked (a replayed dead letter is read only now).
         store.journal.overwrite_record(2, b"\x01");
@@ -655,5 +676,6 @@ mod tests {
         let page = store.pending(key("b"), 0, 10, 0).await.unwrap();
         assert_eq!(seqs(page), [1, 3]);
         store.close().await;
+        assert!(store.health().ready.is_err(), "no writer, not ready");
     }
 }

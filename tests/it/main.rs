@@ -17,3 +17,4 @@ mod signature;
 mod simulate;
 mod support;
 mod terminal;
+mod watchdog;

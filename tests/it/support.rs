@@ -160,6 +160,9 @@ pub struct Gateway {
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     pub stderr_path: PathBuf,
+    /// Environment the process starts with (e.g. a test hook); cleared for a restart
+    /// without it.
+    pub env: Vec<(String, String)>,
 }
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
@@ -178,6 +181,16 @@ impl Gateway {
 
     /// As `start`, with extra `[server]` and `[storage]` keys.
     pub fn start_config(projects: &str, server_extra: &str, storage_extra: &str) -> Gateway {
+        Self::start_env(projects, server_extra, storage_extra, &[])
+    }
+
+    /// As `start_config`, the process started with `env` set.
+    pub fn start_env(
+        projects: &str,
+        server_extra: &str,
+        storage_extra: &str,
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let addr = free_addr();
         let admin = free_addr();
@@ -196,6 +209,10 @@ impl Gateway {
             dir,
             config_path,
             stderr_path,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         g.spawn();
         g
@@ -210,6 +227,7 @@ impl Gateway {
             .unwrap();
         let child = Command::new(BIN)
             .args(["serve", "--config", self.config_path.to_str().unwrap()])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
