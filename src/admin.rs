@@ -211,11 +211,10 @@ async fn deliveries(
                     }
                 },
             };
-            let records = store.quarantined(after, limit).await?;
-            let next = (records.len() == limit)
-                .then(|| records.last().map(|r| r.seq.to_string()))
-                .flatten();
-            let items: Vec<Value> = records
+            let page = store.quarantined(after, limit).await?;
+            let next = page.next.map(|seq| seq.to_string());
+            let items: Vec<Value> = page
+                .items
                 .iter()
                 .map(|r| {
                     js!({

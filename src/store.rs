@@ -135,6 +135,13 @@ pub struct Quarantined {
     pub raw: Vec<u8>,
 }
 
+/// A page of quarantined records.
+pub struct QuarantinePage {
+    pub items: Vec<Quarantined>,
+    /// The `after` of the next page; set when more may follow.
+    pub next: Option<u64>,
+}
+
 /// Why the store could not do something. Busy, Unavailable and Closed mean "not now":
 /// ingress answers 503 and the platform retries.
 #[derive(Debug, thiserror::Error)]
@@ -343,15 +350,20 @@ pub trait Store: Send + Sync + 'static {
         renew: fn(&[u8]) -> Vec<u8>,
     ) -> BoxFuture<'_, Result<usize, StoreError>>;
 
-    /// Quarantined records with a seq above `after`, oldest first. Engines that keep
-    /// none list none (JetStream skips an unreadable message, counted in
-    /// `cbgate_store_malformed_records_total`).
+    /// Up to `limit` quarantined records with a seq above `after`, oldest first (fewer
+    /// when their bytes fill a page). Engines that keep none list none (JetStream skips
+    /// an unreadable message, counted in `cbgate_store_malformed_records_total`).
     fn quarantined(
         &self,
         _after: Option<u64>,
         _limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<Quarantined>, StoreError>> {
-        Box::pin(async { Ok(Vec::new()) })
+    ) -> BoxFuture<'_, Result<QuarantinePage, StoreError>> {
+        Box::pin(async {
+            Ok(QuarantinePage {
+                items: Vec::new(),
+                next: None,
+            })
+        })
     }
 
     /// One event and where each of its deliveries stands.

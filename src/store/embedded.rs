@@ -26,14 +26,15 @@ use tokio::sync::{mpsc, oneshot};
 use self::redb::{Committed, Group, Journal, Update};
 use super::{
     Appended, BoxFuture, Cursor, DeadLetter, DeadPage, EndpointKey, Event, EventView, Feed, Health,
-    Notice, PaymentView, PendingPage, Quarantined, Settle, SignedRequest, Store, StoreError,
+    Notice, PaymentView, PendingPage, QuarantinePage, Quarantined, Settle, SignedRequest, Store,
+    StoreError,
 };
 use crate::callback::Callback;
 use crate::clock::{now_ms, now_s};
 use crate::config::Storage;
 use crate::dedup::{DedupKey, DedupSet};
 use crate::metrics as m;
-use crate::watchdog::{Tripwire, Watchdog};
+use crate::watchdog::{Guard, Tripwire, Watchdog};
 
 /// How often expired dedup keys are dropped.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -97,6 +98,7 @@ pub fn open(storage: &Storage, watchdog: &Watchdog) -> Result<(Embedded, Feed), 
     let (tx, rx) = crossbeam_channel::bounded(storage.max_pending);
     let (notices, notices_rx) = mpsc::unbounded_channel();
     let writer = Writer {
+        _guard: watchdog.guard("journal-writer"),
         rx,
         journal: journal.clone(),
         dedup: dedup.clone(),
@@ -108,13 +110,9 @@ pub fn open(storage: &Storage, watchdog: &Watchdog) -> Result<(Embedded, Feed), 
         notices: notices.clone(),
         tripwire: Tripwire::new("journal-writer"),
     };
-    let guard = watchdog.guard("journal-writer");
     let writer = std::thread::Builder::new()
         .name("journal-writer".into())
-        .spawn(move || {
-            let _guard = guard;
-            writer.run();
-        })?;
+        .spawn(move || writer.run())?;
     let (stop_sweeper, stopped) = crossbeam_channel::bounded::<()>(0);
     {
         let (tx, dedup) = (tx.clone(), dedup.clone());
@@ -308,7 +306,7 @@ impl Store for Embedded {
         &self,
         after: Option<u64>,
         limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<Quarantined>, StoreError>> {
+    ) -> BoxFuture<'_, Result<QuarantinePage, StoreError>> {
         Box::pin(self.read(move |j| j.quarantined(after, limit)))
     }
 
@@ -454,6 +452,9 @@ impl Store for Embedded {
 }
 
 struct Writer {
+    /// First, so it is dropped (the death reported) before `accepted`, whose drop ends
+    /// the dispatcher: the watchdog hears of the cause before its consequence.
+    _guard: Guard,
     rx: crossbeam_channel::Receiver<Op>,
     journal: Arc<Journal>,
     dedup: Arc<DedupSet>,
@@ -671,7 +672,7 @@ mod tests {
             }
         }
         assert_eq!(told, [(key("a"), 2), (key("b"), 2)], "each worker once");
-        let listed = store.quarantined(None, 10).await.unwrap();
+        let listed = store.quarantined(None, 10).await.unwrap().items;
         assert_eq!((listed.len(), listed[0].raw.as_slice()), (1, &b"\x01"[..]));
         let page = store.pending(key("b"), 0, 10, 0).await.unwrap();
         assert_eq!(seqs(page), [1, 3]);

@@ -41,7 +41,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDe
 use crate::clock::now_ms;
 use crate::dedup::DedupKey;
 use crate::store::record;
-use crate::store::{EndpointKey, Event, Quarantined, SignedRequest, StoreError};
+use crate::store::{EndpointKey, Event, QuarantinePage, Quarantined, SignedRequest, StoreError};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
@@ -53,6 +53,10 @@ const SIGNED: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("signed"
 const SIGNED_BY_LANE: TableDefinition<(&str, u64, u64), ()> =
     TableDefinition::new("signed_by_lane");
 const QUARANTINE: TableDefinition<u64, &[u8]> = TableDefinition::new("quarantine");
+
+/// Record bytes one page of the quarantine listing holds at most (past the first
+/// record): records can be as large as `server.max_body_bytes`, 16 MiB at most.
+const QUARANTINE_PAGE_BYTES: usize = 8 << 20;
 
 /// The reason given for a pending delivery whose event record is not there at all.
 const MISSING: &str = "its event record is missing";
@@ -526,24 +530,35 @@ impl Journal {
         })
     }
 
-    /// Quarantined records with a seq above `after`, oldest first.
+    /// Up to `limit` quarantined records with a seq above `after`, oldest first, and
+    /// fewer once their bytes pass `QUARANTINE_PAGE_BYTES`.
     pub fn quarantined(
         &self,
         after: Option<u64>,
         limit: usize,
-    ) -> Result<Vec<Quarantined>, StoreError> {
+    ) -> Result<QuarantinePage, StoreError> {
+        let mut page = QuarantinePage {
+            items: Vec::new(),
+            next: None,
+        };
         let start = match after {
             None => 0,
-            Some(u64::MAX) => return Ok(Vec::new()),
+            Some(u64::MAX) => return Ok(page),
             Some(after) => after + 1,
         };
         let tx = self.db.begin_read()?;
-        let mut out = Vec::new();
-        for row in tx.open_table(QUARANTINE)?.range(start..)?.take(limit) {
+        let mut bytes = 0;
+        for row in tx.open_table(QUARANTINE)?.range(start..)? {
+            if page.items.len() >= limit || bytes > QUARANTINE_PAGE_BYTES {
+                page.next = page.items.last().map(|q| q.seq);
+                break;
+            }
             let (k, v) = row?;
-            out.push(Entry::decode(v.value()).public(k.value()));
+            let record = Entry::decode(v.value()).public(k.value());
+            bytes += record.raw.len();
+            page.items.push(record);
         }
-        Ok(out)
+        Ok(page)
     }
 
     /// Event `seq` and where each of its deliveries stands.
@@ -1013,14 +1028,20 @@ mod tests {
         assert!(q.reason.contains("unknown version"), "{}", q.reason);
         assert!(journal.event(2).unwrap().is_none());
         assert_eq!(
-            journal.quarantined(None, 10).unwrap(),
+            journal.quarantined(None, 10).unwrap().items,
             recovered.quarantined
         );
         // Found once: the next start has nothing new to say.
         let again = journal.recover(0).unwrap();
         assert!(again.quarantined.is_empty());
         assert_eq!(again.pending.len(), 2);
-        assert!(journal.quarantined(Some(2), 10).unwrap().is_empty());
+        assert!(journal.quarantined(Some(2), 10).unwrap().items.is_empty());
+        let first = journal.quarantined(None, 1).unwrap();
+        assert_eq!(
+            (first.items.len(), first.next),
+            (1, None),
+            "nothing after it"
+        );
     }
 
     #[test]
@@ -1077,7 +1098,7 @@ mod tests {
             .unwrap();
         assert!(again.quarantined.is_empty() && again.dropped.is_empty());
         assert!(journal.pending("1234/b", 0, 10).unwrap().0.rows.is_empty());
-        let listed = journal.quarantined(None, 10).unwrap();
+        let listed = journal.quarantined(None, 10).unwrap().items;
         assert_eq!(listed[0].raw, &whole[..37]);
         assert_eq!(listed[0].reason, damaged[0].reason);
         assert_eq!(listed[1].raw, b"");
