@@ -719,6 +719,12 @@ impl Journal {
     }
 }
 
+/// A quarantine entry's bytes as the admin API shows them, for the fuzz target.
+#[doc(hidden)]
+pub fn quarantine_entry(raw: &[u8]) -> Quarantined {
+    Entry::decode(raw).public(0)
+}
+
 #[cfg(test)]
 impl Journal {
     /// Replaces event `seq`'s record with `raw` in a transaction of its own: redb's
