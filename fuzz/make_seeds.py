@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Writes the seed corpora of the fuzz targets into fuzz/seeds/<target>/ from the
 shared signature vectors (tests/data/signature.json), the JSON examples in the
-platform's seed documents (shared/seeds/*.txt, when given) and config/cbgate.toml.
+platform's seed documents (shared/seeds/*.txt, when given) and config/cbgate.toml;
+journal_record gets those callbacks as stored records (src/store/record.rs and
+src/store/jetstream/record.rs, written here byte for byte) and attempt logs.
 
     python3 fuzz/make_seeds.py [SHARED_SEEDS_DIR]
 
@@ -9,6 +11,7 @@ Re-run it when the vectors or the seeds change; the output is committed."""
 import hashlib
 import json
 import pathlib
+import struct
 import sys
 
 fuzz = pathlib.Path(__file__).resolve().parent
@@ -16,7 +19,8 @@ repo = fuzz.parent
 out = fuzz / "seeds"
 seeds_dir = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else repo.parent / "shared" / "seeds"
 
-corpora = {t: set() for t in ["canonical", "callback", "terminal_request", "merchant_answer", "config"]}
+corpora = {t: set() for t in ["canonical", "callback", "terminal_request", "merchant_answer", "config",
+                               "journal_record"]}
 
 
 def add(target, data):
@@ -83,6 +87,45 @@ add("config", '[server]\nlisten = "127.0.0.1:1"\n[delivery]\nschedule = ["0s", "
     'breaker_failure_rate = 0.8\nbreaker_min_attempts = 20\nbreaker_window = "30s"\n'
     '[[projects]]\nid = 7\nsecrets = ["s"]\nterminal_url = "http://h/t"\n'
     '[[projects.endpoints]]\nname = "e"\nurl = "http://h/e"\nsecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"\n')
+
+def put_str(text):
+    raw = text.encode()
+    return struct.pack("<H", len(raw)) + raw
+
+
+def event_record(accepted_ms, project, dedup, order_key, endpoints, body):
+    """src/store/record.rs: version | accepted_ms | project | dedup u128 | order key |
+    endpoint count, each | body."""
+    out = bytes([1]) + struct.pack("<QQ", accepted_ms, project)
+    out += dedup.to_bytes(16, "little") + put_str(order_key)
+    out += struct.pack("<H", len(endpoints)) + b"".join(put_str(e) for e in endpoints)
+    return out + body
+
+
+# Attempt logs as delivery keeps them (delivery::State, JSON).
+states = [
+    b"",
+    b'{"since_ms":1700000000000,"next_ms":1700000005000,"tries":1,"rounds":1,"dropped":0,'
+    b'"attempts":[{"at_ms":1700000000100,"ms":12,"status":503,"class":"status","error":"busy"}]}',
+    b'{"since_ms":1,"next_ms":2,"tries":3,"attempts":[{"at_ms":1,"ms":0,"class":"circuit_open"}]}',
+]
+for state in states:
+    add("journal_record", state)
+callbacks = sorted(corpora["callback"])
+for i, body in enumerate(callbacks):
+    payment = json.loads(body).get("payment", {}).get("id", f"pay-{i}")
+    endpoints = ["7/e", "7/ledger"][: i % 3]
+    record = event_record(1_700_000_000_000 + i, 7, (i + 1) * 0x9E3779B97F4A7C15, f"7/{payment}",
+                          endpoints, body)
+    add("journal_record", record)
+    if i < 3:
+        # JetStream: a kept event (dead letter, replay) and a parked delivery.
+        state = states[i]
+        add("journal_record", bytes([1]) + struct.pack("<I", len(state)) + state + record)
+        lane = f"7/{payment}".encode()
+        add("journal_record", bytes([1]) + struct.pack("<QH", 40 + i, len(lane)) + lane + state)
+add("journal_record", json.dumps({"at_ms": 1, "reason": "stored record #3 is malformed: empty",
+                                  "endpoints": ["7/e"], "raw_base64": "AXRvcm4="}))
 
 for target, items in corpora.items():
     d = out / target

@@ -4,14 +4,20 @@
 # Exits non-zero on the first crash, leak, timeout or out-of-memory; the input that
 # did it is in artifacts/<target>/ (reproduce: cargo +nightly fuzz run TARGET FILE).
 #
-#   fuzz/run.sh [SECONDS]        # CI: fuzz/run.sh 20 (five targets)
+#   fuzz/run.sh [SECONDS]        # CI: fuzz/run.sh 15 (six targets)
+#
+# Needs rustup's nightly toolchain (the machine image has one; installed here when
+# missing) and cargo-fuzz (installed here when missing).
 set -euo pipefail
 secs=${1:-20}
 cd "$(dirname "$0")"
+if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+  rustup toolchain install nightly --profile minimal
+fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi
-targets=(canonical callback terminal_request merchant_answer config)
+targets=(canonical callback terminal_request merchant_answer config journal_record)
 # Sanitizer builds share nothing with the gateway's: under CARGO_TARGET_DIR they get a
 # folder of their own (cargo-fuzz looks for its binaries where --target-dir says).
 target_dir=()

@@ -1,10 +1,13 @@
 //! The operator listener (127.0.0.1 by default): `/healthz`, `/readyz`, `/metrics`
 //! open; everything under `/admin/` behind `Authorization: Bearer <token>`,
 //! compared in constant time: endpoints' delivery state, pause/resume, dead letters
-//! (paged) and their replay, one event with its attempts.
+//! (paged) and their replay, one event with its attempts, quarantined records.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
@@ -114,6 +117,8 @@ impl Admin {
 ///   its attempts.
 /// - `GET payments/{project}/{payment_id}`: one payment's timeline: the requests
 ///   signed for it (merchant listener) and its callbacks with their deliveries.
+/// - `GET quarantine?after=17&limit=100`: records the store could not read, moved out
+///   of delivery, with why and their bytes as found (base64).
 async fn deliveries(
     method: &Method,
     path: &str,
@@ -187,6 +192,42 @@ async fn deliveries(
                 StatusCode::OK,
                 js!({ "items": items, "next": page.next.map(|c| c.0) }),
             ))
+        }
+        (&Method::GET, ["quarantine"]) => {
+            let limit = query
+                .get("limit")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(100usize)
+                .clamp(1, 1000);
+            let after = match query.get("after") {
+                None => None,
+                Some(text) => match text.parse::<u64>() {
+                    Ok(seq) => Some(seq),
+                    Err(_) => {
+                        return Ok((
+                            StatusCode::BAD_REQUEST,
+                            js!({ "error": "after: not a seq" }),
+                        ));
+                    }
+                },
+            };
+            let page = store.quarantined(after, limit).await?;
+            let next = page.next.map(|seq| seq.to_string());
+            let items: Vec<Value> = page
+                .items
+                .iter()
+                .map(|r| {
+                    js!({
+                        "seq": r.seq,
+                        "at_ms": r.at_ms,
+                        "reason": r.reason,
+                        "endpoints": r.endpoints,
+                        "bytes": r.raw.len(),
+                        "raw_base64": STANDARD.encode(&r.raw),
+                    })
+                })
+                .collect();
+            Ok((StatusCode::OK, js!({ "items": items, "next": next })))
         }
         (&Method::GET, ["events", seq]) => {
             let Ok(seq) = seq.parse::<u64>() else {

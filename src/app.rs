@@ -1,8 +1,9 @@
 //! Wires the parts together and owns the order of start and shutdown:
 //! open the store → start delivery → bind → ready; on signal: not ready → stop
 //! accepting and drain requests → stop delivery → close the store (last commit) →
-//! exit, all under the grace period. A store that failed for good (`Store::failed`)
-//! starts the same shutdown, and the exit is non-zero.
+//! exit, all under the grace period. The death of a critical thread (`watchdog`, exit
+//! 70) or a store that failed for good (`Store::failed`, exit 1) takes the same path,
+//! readiness red first.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +25,7 @@ use crate::projects::Projects;
 use crate::store::{self, StoreError};
 use crate::terminal::Terminal;
 use crate::verifier::Verifier;
+use crate::watchdog::{Death, Watchdog};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -33,6 +35,9 @@ pub enum AppError {
     Bind { addr: String, error: std::io::Error },
     #[error("{0}")]
     Config(String),
+    /// A critical thread ended while serving: restart the process.
+    #[error("{0}; exiting for a supervisor to restart cbgate")]
+    ThreadDied(Death),
 }
 
 /// Grace period for draining connections at shutdown.
@@ -96,9 +101,16 @@ pub async fn run(
         ))
     };
 
-    let (store, feed) = store::open(&config).await?;
-    let delivery = Delivery::start(&config.delivery, store.clone(), projects.clone(), feed)
-        .map_err(AppError::Config)?;
+    let (watchdog, mut deaths) = Watchdog::new();
+    let (store, feed) = store::open(&config, &watchdog).await?;
+    let delivery = Delivery::start(
+        &config.delivery,
+        store.clone(),
+        projects.clone(),
+        feed,
+        &watchdog,
+    )
+    .map_err(AppError::Config)?;
     {
         let delivery = delivery.clone();
         store.serve_status(Arc::new(move || {
@@ -190,13 +202,27 @@ pub async fn run(
     ));
     ready.store(true, Ordering::Release);
 
-    let failure = tokio::select! {
+    // Why serving ended, when not by a signal: the exit is then non-zero.
+    let fault = tokio::select! {
         () = shutdown.cancelled() => None,
-        e = store.failed() => Some(e),
+        death = deaths.next() => Some(AppError::ThreadDied(death)),
+        e = store.failed() => Some(AppError::Store(e)),
     };
     let stopping = std::time::Instant::now();
-    tracing::info!("shutting down: draining requests");
     ready.store(false, Ordering::Release);
+    match &fault {
+        // Draining still answers what it can: a dead writer makes intake 503, a dead
+        // dispatcher leaves new events in the journal for the restarted process.
+        Some(AppError::ThreadDied(death)) => tracing::error!(
+            thread = death.thread,
+            panicked = death.panicked,
+            "{death}: not ready; draining, then exiting 70 for a supervisor to restart cbgate"
+        ),
+        Some(other) => tracing::error!(
+            "{other}: not ready; draining, then exiting 1 for a supervisor to restart cbgate"
+        ),
+        None => tracing::info!("shutting down: draining requests"),
+    }
     stop_accepting.cancel();
     if let Some((_, _, stop)) = &merchant {
         stop.cancel();
@@ -218,9 +244,8 @@ pub async fn run(
     admin_stop.cancel();
     let _ = admin_server.await;
     tracing::info!("stopped");
-    match failure {
-        // Exit non-zero, so that a supervisor restarts the process.
-        Some(e) => Err(AppError::Store(e)),
+    match fault {
+        Some(e) => Err(e),
         None => Ok(()),
     }
 }

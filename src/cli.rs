@@ -1,6 +1,7 @@
 //! The `cbgate` command line: `serve`, `check-config`, `sign`, `verify`, `simulate`.
-//! Exit codes: 0 success, 1 a signature that does not match, 2 malformed input
-//! or usage, 64 a configuration that does not validate.
+//! Exit codes: 0 success, 1 a signature that does not match (or `serve` failed),
+//! 2 malformed input or usage, 64 a configuration that does not validate, 70 a
+//! critical thread of `serve` died (restart it: nothing acknowledged is lost).
 
 use std::io::Read as _;
 use std::path::PathBuf;
@@ -233,6 +234,9 @@ pub fn main() -> ExitCode {
 /// sysexits EX_USAGE-style code for a config that does not validate.
 const EXIT_CONFIG: u8 = 64;
 
+/// sysexits EX_SOFTWARE: a critical thread died; a supervisor should restart cbgate.
+pub const EXIT_THREAD_DIED: u8 = 70;
+
 /// Validates the config before binding anything, then runs until SIGTERM/SIGINT.
 /// A second signal exits at once: the journal is the truth, nothing acknowledged
 /// is lost by stopping mid-drain.
@@ -265,12 +269,17 @@ fn serve(
         tokio::spawn(watch_signals(shutdown.clone()));
         crate::app::run(config, Some(path), shutdown).await
     });
+    // A dead thread may leave a blocking read behind: don't wait for it.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "cbgate stopped");
             eprintln!("cbgate: {e}");
-            ExitCode::from(1)
+            match e {
+                crate::app::AppError::ThreadDied(_) => ExitCode::from(EXIT_THREAD_DIED),
+                _ => ExitCode::from(1),
+            }
         }
     }
 }

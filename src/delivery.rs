@@ -19,6 +19,8 @@
 //!   partition this node takes over are the same read (`Notice::Rescan`).
 //! - An endpoint removed by a reload keeps its deliveries pending in the store; they
 //!   wait (no attempt, no dead letter) until it is configured again.
+//! - The dispatcher is a critical thread (`watchdog`): if it dies, readiness turns
+//!   red and the process exits for a restart, which reads what it missed back.
 //! - Pause goes through the store (`Store::set_paused`): on the embedded engine it is
 //!   in memory and a restart resumes every endpoint; on JetStream every node follows it.
 
@@ -42,6 +44,7 @@ pub use retry::Policy;
 use crate::clock::now_ms;
 use crate::projects::{Endpoint, Projects};
 use crate::store::{EndpointKey, EndpointStatus, Feed, Notice, Store, StoreError};
+use crate::watchdog::{Tripwire, Watchdog};
 use worker::{Cmd, Worker};
 
 /// What every worker shares.
@@ -85,13 +88,14 @@ struct Inner {
 
 impl Delivery {
     /// Starts a worker for every configured endpoint and every endpoint with deliveries
-    /// pending in the store, the dispatcher of `feed.arrivals` and the reader of
-    /// `feed.notices`. Call within a tokio runtime.
+    /// pending in the store, the dispatcher of `feed.arrivals` (watched by `watchdog`)
+    /// and the reader of `feed.notices`. Call within a tokio runtime.
     pub fn start(
         config: &crate::config::Delivery,
         store: Arc<dyn Store>,
         projects: Arc<ArcSwap<Projects>>,
         feed: Feed,
+        watchdog: &Watchdog,
     ) -> Result<Delivery, String> {
         let recovered: HashMap<EndpointKey, u64> = feed.recovered.into_iter().collect();
         let mut keys: Vec<EndpointKey> = recovered.keys().cloned().collect();
@@ -128,11 +132,15 @@ impl Delivery {
         }
         let dispatcher = delivery.clone();
         let arrivals = feed.arrivals;
+        let guard = watchdog.guard("delivery-dispatch");
+        let mut tripwire = Tripwire::new("delivery-dispatch");
         std::thread::Builder::new()
             .name("delivery-dispatch".into())
             .spawn(move || {
+                let _guard = guard;
                 // Ends when the store (the only sender) stops.
                 for event in arrivals.iter() {
+                    tripwire.step();
                     for key in &event.endpoints {
                         dispatcher.send(key, Cmd::Event(event.clone()));
                     }
@@ -165,6 +173,7 @@ impl Delivery {
                 },
             ),
             Notice::Pause { endpoint, paused } => self.send(&endpoint, Cmd::Pause(paused)),
+            Notice::Dropped { endpoint, seq } => self.send(&endpoint, Cmd::Dropped(seq)),
             Notice::Release { partitions } => {
                 let partitions: Arc<[u16]> = partitions.into();
                 for tx in self.senders() {

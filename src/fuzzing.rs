@@ -88,6 +88,41 @@ pub fn merchant_answer(data: &[u8]) {
     crate::terminal::fuzz_answer(data);
 }
 
+/// Every decoder of stored records on `data`, as recovery, delivery and admin use
+/// them: the event record (whole, shared, head), the attempt log a delivery keeps, a
+/// quarantine entry, and JetStream's parked-delivery and kept-event records. Whatever
+/// decodes encodes back to the very same bytes, and the head decodes exactly when the
+/// whole record does (recovery checks heads, delivery reads wholes).
+pub fn journal_record(data: &[u8]) {
+    use crate::store::jetstream::record as js;
+    use crate::store::record;
+    let shared = Bytes::copy_from_slice(data);
+    let whole = record::decode(7, data);
+    let head = record::decode_head(7, data);
+    match (&whole, &head) {
+        (Ok(event), Ok(head)) => {
+            assert_eq!(record::encode(event), data, "decoded, then encoded");
+            assert_eq!(
+                (&head.order_key, &head.endpoints, head.dedup),
+                (&event.order_key, &event.endpoints, event.dedup)
+            );
+            let same = record::decode_shared(7, &shared).expect("decoded once");
+            assert_eq!(same.body, event.body);
+        }
+        (Err(a), Err(b)) => assert_eq!(a, b),
+        _ => panic!("the head and the whole disagree: {whole:?} / {head:?}"),
+    }
+    let state = crate::delivery::State::decode(data, 5);
+    assert_eq!(crate::delivery::State::decode(&state.encode(), 6), state);
+    let _ = crate::store::embedded::redb::quarantine_entry(data);
+    if let Some(parked) = js::Parked::decode(data) {
+        assert_eq!(parked.encode(), data);
+    }
+    if let Ok((state, event)) = js::decode_kept(7, &shared) {
+        assert_eq!(js::encode_kept(&state, &event), data);
+    }
+}
+
 /// The config parser and its validation (secrets and files it names are read).
 pub fn config(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {

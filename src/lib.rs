@@ -17,7 +17,8 @@
 //! - `merchant`: the merchant listener, where merchant backends get Payment Page
 //!   invocations signed (`merchant::payment_page`) and Gate API requests signed and
 //!   forwarded (`merchant::gate`) with a per-project token, so the secret stays here.
-//! - `app`: start and shutdown order; `cli`: the subcommands; `simulate`: the
+//! - `app`: start and shutdown order; `watchdog`: the critical threads, whose death
+//!   turns readiness red and exits 70; `cli`: the subcommands; `simulate`: the
 //!   platform's side, for load and acceptance runs (`simulate::merchant_side`: the flows
 //!   that start at the merchant, with the platform's Gate API and Payment Page and the
 //!   merchant backend played); `fuzzing`: the entry points of
@@ -50,4 +51,5 @@ pub mod store;
 pub mod telemetry;
 pub mod terminal;
 pub mod verifier;
+pub mod watchdog;
 pub mod webhook;

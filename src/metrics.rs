@@ -33,6 +33,8 @@ pub const DELIVERY_FAILURES_TOTAL: &str = "cbgate_delivery_failures_total";
 pub const DELIVERY_CIRCUIT_OPEN: &str = "cbgate_delivery_circuit_open";
 pub const DELIVERY_EXPIRED_TOTAL: &str = "cbgate_delivery_expired_total";
 pub const STORE_MALFORMED_TOTAL: &str = "cbgate_store_malformed_records_total";
+/// Journal records that could not be read, moved out of the delivery path.
+pub const STORE_QUARANTINED_TOTAL: &str = "cbgate_store_quarantined_total";
 pub const STORE_WRITE_FAILURES_TOTAL: &str = "cbgate_store_write_failures_total";
 pub const STORE_HELD_DELIVERIES: &str = "cbgate_store_held_deliveries";
 pub const STORE_UNSAVED_CURSORS: &str = "cbgate_store_unsaved_cursors";

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::callback::Callback;
 use crate::config::{Config, Engine};
 use crate::dedup::DedupKey;
+use crate::watchdog::Watchdog;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -117,6 +118,28 @@ pub struct Event {
 pub enum Appended {
     Accepted(u64),
     Duplicate,
+}
+
+/// A stored event the engine could not read, taken out of the delivery path (its
+/// pending deliveries dropped) and kept as found, for forensics (`GET /admin/quarantine`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    pub seq: u64,
+    /// When it was quarantined.
+    pub at_ms: u64,
+    /// Why it could not be read.
+    pub reason: String,
+    /// Endpoints whose pending delivery of it was dropped.
+    pub endpoints: Vec<String>,
+    /// The record's bytes as found; empty when the record itself was missing.
+    pub raw: Vec<u8>,
+}
+
+/// A page of quarantined records.
+pub struct QuarantinePage {
+    pub items: Vec<Quarantined>,
+    /// The `after` of the next page; set when more may follow.
+    pub next: Option<u64>,
 }
 
 /// Why the store could not do something. Busy, Unavailable and Closed mean "not now":
@@ -229,6 +252,12 @@ pub enum Notice {
         endpoint: EndpointKey,
         paused: bool,
     },
+    /// The pending delivery of event `seq` at `endpoint` left the store without an
+    /// outcome (the event could not be read and was quarantined): it counts no more.
+    Dropped {
+        endpoint: EndpointKey,
+        seq: u64,
+    },
     /// This node no longer delivers these partitions: drop their deliveries from
     /// memory (the store keeps them for the node that does).
     Release {
@@ -321,6 +350,22 @@ pub trait Store: Send + Sync + 'static {
         renew: fn(&[u8]) -> Vec<u8>,
     ) -> BoxFuture<'_, Result<usize, StoreError>>;
 
+    /// Up to `limit` quarantined records with a seq above `after`, oldest first (fewer
+    /// when their bytes fill a page). Engines that keep none list none (JetStream skips
+    /// an unreadable message, counted in `cbgate_store_malformed_records_total`).
+    fn quarantined(
+        &self,
+        _after: Option<u64>,
+        _limit: usize,
+    ) -> BoxFuture<'_, Result<QuarantinePage, StoreError>> {
+        Box::pin(async {
+            Ok(QuarantinePage {
+                items: Vec::new(),
+                next: None,
+            })
+        })
+    }
+
     /// One event and where each of its deliveries stands.
     fn event(&self, seq: u64) -> BoxFuture<'_, Result<Option<EventView>, StoreError>>;
 
@@ -372,13 +417,18 @@ pub trait Store: Send + Sync + 'static {
 
 /// Opens the engine `config.storage` names. Returns it and what this node's delivery
 /// engine reads.
-pub async fn open(config: &Config) -> Result<(Arc<dyn Store>, Feed), StoreError> {
+/// Its critical threads report to `watchdog`.
+pub async fn open(
+    config: &Config,
+    watchdog: &Watchdog,
+) -> Result<(Arc<dyn Store>, Feed), StoreError> {
     match config.storage.engine {
         Engine::Embedded => {
-            let storage = config.storage.clone();
-            let (store, feed) = tokio::task::spawn_blocking(move || embedded::open(&storage))
-                .await
-                .map_err(|e| StoreError::Refused(format!("journal open failed: {e}")))??;
+            let (storage, watchdog) = (config.storage.clone(), watchdog.clone());
+            let (store, feed) =
+                tokio::task::spawn_blocking(move || embedded::open(&storage, &watchdog))
+                    .await
+                    .map_err(|e| StoreError::Refused(format!("journal open failed: {e}")))??;
             Ok((Arc::new(store), feed))
         }
         Engine::Jetstream => jetstream::open(config).await,

@@ -33,6 +33,9 @@ pub(super) enum Cmd {
     /// This node no longer delivers these partitions: forget their deliveries.
     Release(Arc<[u16]>),
     Pause(bool),
+    /// The store dropped this endpoint's pending delivery of event `seq` (its record
+    /// was quarantined): it no longer counts.
+    Dropped(u64),
     Status(oneshot::Sender<EndpointStatus>),
 }
 
@@ -189,6 +192,13 @@ impl Worker {
             Cmd::Release(partitions) => {
                 let dropped = self.queue.drop_partitions(&partitions);
                 self.depth = self.depth.saturating_sub(dropped as u64);
+            }
+            Cmd::Dropped(seq) => {
+                // One held in memory came by arrival, readable: it settles as usual,
+                // and leaves the count then.
+                if !self.queue.contains(seq) {
+                    self.depth = self.depth.saturating_sub(1);
+                }
             }
             Cmd::Pause(paused) => {
                 self.paused = paused;

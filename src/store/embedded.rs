@@ -10,6 +10,11 @@
 //!   everything queued before it is durable.
 //! - The dedup set in memory holds exactly the durable, unexpired keys: a hit is a
 //!   duplicate without asking the writer.
+//! - An event record that cannot be decoded never holds up its endpoint: recovery, a
+//!   worker's read or a commit that meets it has the writer move it to the quarantine
+//!   (`redb.rs`) with its pending deliveries, and the workers stop counting them.
+//! - The writer is a critical thread (`watchdog`): if it dies, readiness turns red and
+//!   the process exits for a restart.
 //!
 //! When the disk fails (`Mode`)
 //! - A failed write (disk full): the group is answered 503, and so is every callback
@@ -32,16 +37,18 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use self::redb::{Group, Journal, Update};
+use self::redb::{Committed, Group, Journal, Update};
 use super::{
     Appended, BoxFuture, Cursor, DeadLetter, DeadPage, EndpointKey, Event, EventView, Feed, Health,
-    Notice, PaymentView, PendingPage, Settle, SignedRequest, Store, StoreError,
+    Notice, PaymentView, PendingPage, QuarantinePage, Quarantined, Settle, SignedRequest, Store,
+    StoreError,
 };
 use crate::callback::Callback;
 use crate::clock::{now_ms, now_s};
 use crate::config::Storage;
 use crate::dedup::{DedupKey, DedupSet};
 use crate::metrics as m;
+use crate::watchdog::{Guard, Tripwire, Watchdog};
 
 /// How often expired dedup keys are dropped.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -104,15 +111,21 @@ pub struct Embedded {
     condition: Arc<Condition>,
 }
 
-/// Opens the journal in `storage.dir`, recovers it and starts the writer. Blocking.
-pub fn open(storage: &Storage) -> Result<(Embedded, Feed), StoreError> {
+/// Opens the journal in `storage.dir`, recovers it and starts the writer, watched by
+/// `watchdog`. Blocking.
+pub fn open(storage: &Storage, watchdog: &Watchdog) -> Result<(Embedded, Feed), StoreError> {
     let started = Instant::now();
     let journal = Arc::new(Journal::open(
         &storage.dir,
         storage.verify_on_open,
         storage.cache_bytes,
     )?);
+    // Present from the start, so an alert on it has a series to watch.
+    metrics::counter!(m::STORE_QUARANTINED_TOTAL).increment(0);
     let recovery = journal.recover(now_s())?;
+    for record in &recovery.quarantined {
+        report_quarantined(record);
+    }
     let dedup = Arc::new(DedupSet::with_capacity(recovery.dedup.len()));
     for (key, expires) in &recovery.dedup {
         dedup.insert(*key, *expires);
@@ -125,6 +138,7 @@ pub fn open(storage: &Storage) -> Result<(Embedded, Feed), StoreError> {
         next_seq = recovery.next_seq,
         dedup_keys = recovery.dedup.len(),
         pending_deliveries = recovery.pending.len(),
+        quarantined = recovery.quarantined.len(),
         took_ms = started.elapsed().as_millis() as u64,
         "journal recovered"
     );
@@ -134,7 +148,9 @@ pub fn open(storage: &Storage) -> Result<(Embedded, Feed), StoreError> {
     let (tx, rx) = crossbeam_channel::bounded(storage.max_pending);
     let condition = Arc::new(Condition::default());
     condition.set(WRITING);
+    let (notices, notices_rx) = mpsc::unbounded_channel();
     let writer = Writer {
+        _guard: watchdog.guard("journal-writer"),
         rx,
         dir: storage.dir.clone(),
         mode: Mode::Writing,
@@ -147,6 +163,8 @@ pub fn open(storage: &Storage) -> Result<(Embedded, Feed), StoreError> {
         window: storage.dedup_window,
         signed_ids: crate::clock::now_ms(),
         accepted,
+        notices: notices.clone(),
+        tripwire: Tripwire::new("journal-writer"),
     };
     let writer = std::thread::Builder::new()
         .name("journal-writer".into())
@@ -168,7 +186,6 @@ pub fn open(storage: &Storage) -> Result<(Embedded, Feed), StoreError> {
                 }
             })?;
     }
-    let (notices, notices_rx) = mpsc::unbounded_channel();
     Ok((
         Embedded {
             tx: Queue(tx),
@@ -329,7 +346,28 @@ impl Store for Embedded {
         limit: usize,
         _horizon: u64,
     ) -> BoxFuture<'_, Result<PendingPage, StoreError>> {
-        Box::pin(self.read(move |j| j.pending(endpoint.as_str(), from, limit)))
+        Box::pin(async move {
+            let (page, damaged) = self
+                .read(move |j| j.pending(endpoint.as_str(), from, limit))
+                .await?;
+            // The rows are left out of the page; the writer quarantines their events
+            // and tells every worker that counted them (`Notice::Dropped`).
+            for d in damaged {
+                self.tx.update(Update::Quarantine {
+                    seq: d.seq,
+                    reason: d.reason,
+                })?;
+            }
+            Ok(page)
+        })
+    }
+
+    fn quarantined(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<QuarantinePage, StoreError>> {
+        Box::pin(self.read(move |j| j.quarantined(after, limit)))
     }
 
     fn dead_letters(
@@ -420,7 +458,14 @@ impl Store for Embedded {
             let (seqs, signed) = j.lane(&super::lane(project, &payment_id))?;
             let mut events = Vec::new();
             for seq in seqs {
-                events.extend(j.view(seq)?);
+                match j.view(seq) {
+                    Ok(view) => events.extend(view),
+                    // One unreadable record does not hide the rest of the timeline.
+                    Err(StoreError::Malformed(seq)) => {
+                        tracing::warn!(seq, "timeline: an unreadable event left out")
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             Ok(PaymentView { signed, events })
         }))
@@ -444,8 +489,15 @@ impl Store for Embedded {
     }
 
     fn health(&self) -> Health {
+        let writing = self
+            .writer
+            .lock()
+            .expect("writer lock")
+            .as_ref()
+            .is_some_and(|w| !w.is_finished());
         Health {
             ready: match self.condition.refusal() {
+                _ if !writing => Err("the journal writer stopped".into()),
                 None => Ok(()),
                 Some(why) => Err(why.into()),
             },
@@ -480,6 +532,9 @@ enum Mode {
 }
 
 struct Writer {
+    /// First, so it is dropped (the death reported) before `accepted`, whose drop ends
+    /// the dispatcher: the watchdog hears of the cause before its consequence.
+    _guard: Guard,
     rx: crossbeam_channel::Receiver<Op>,
     /// The journal's directory, where a probe file tells when space is back.
     dir: std::path::PathBuf,
@@ -496,11 +551,37 @@ struct Writer {
     signed_ids: u64,
     /// Accepted events go to the delivery engine after their commit.
     accepted: crossbeam_channel::Sender<Arc<Event>>,
+    /// Deliveries dropped with a quarantined record, for the workers that count them.
+    notices: mpsc::UnboundedSender<Notice>,
+    tripwire: Tripwire,
 }
 
 type Reply = (oneshot::Sender<Result<Appended, StoreError>>, Appended);
 
+/// Logs and counts a record just quarantined: once, as a later report of the same
+/// record only adds to its entry.
+fn report_quarantined(record: &Quarantined) {
+    metrics::counter!(m::STORE_QUARANTINED_TOTAL).increment(1);
+    tracing::error!(
+        seq = record.seq,
+        reason = %record.reason,
+        endpoints = ?record.endpoints,
+        bytes = record.raw.len(),
+        "unreadable journal record quarantined (GET /admin/quarantine); its deliveries \
+         are dropped, the other deliveries of its endpoints go on"
+    );
+}
+
 impl Writer {
+    fn quarantined(&self, committed: Committed) {
+        for record in &committed.quarantined {
+            report_quarantined(record);
+        }
+        for (seq, endpoint) in committed.dropped {
+            let _ = self.notices.send(Notice::Dropped { endpoint, seq });
+        }
+    }
+
     fn run(mut self) {
         let mut batch_keys = std::collections::HashSet::new();
         let mut closing = false;
@@ -542,6 +623,7 @@ impl Writer {
             while let Some(next) = op.take() {
                 match next {
                     Op::Append(cb, reply) => {
+                        self.tripwire.step();
                         // Duplicates of a durable key, or of one in this very group, are
                         // answered after this commit: never before the original is safe.
                         if self.dedup.contains(cb.dedup, now) || !batch_keys.insert(cb.dedup) {
@@ -599,7 +681,8 @@ impl Writer {
             metrics::histogram!(m::JOURNAL_COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
             metrics::histogram!(m::JOURNAL_BATCH_SIZE).record(group.events.len() as f64);
             match result {
-                Ok(()) => {
+                Ok(committed) => {
+                    self.quarantined(committed);
                     for (event, expires) in &group.events {
                         self.dedup.insert(event.dedup, *expires);
                     }
@@ -719,5 +802,68 @@ impl Writer {
             probe_at: Instant::now() + gap,
             gap,
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[tokio::test]
+    async fn a_read_that_meets_an_unreadable_record_has_it_quarantined_and_every_worker_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = |name: &str| EndpointKey::new(1234, name);
+        {
+            let journal = Journal::open(dir.path(), false, 1 << 20).unwrap();
+            let events = (1..=3)
+                .map(|seq| {
+                    let event = Event {
+                        seq,
+                        accepted_ms: 0,
+                        project: 1234,
+                        dedup: DedupKey(u128::from(seq)),
+                        order_key: "1234/pay".into(),
+                        partition: 0,
+                        endpoints: vec![key("a"), key("b")],
+                        body: Bytes::from_static(b"{}"),
+                    };
+                    (event, u32::MAX)
+                })
+                .collect();
+            let group = Group {
+                events,
+                next_seq: 4,
+                ..Group::default()
+            };
+            journal.commit(&group).unwrap();
+        }
+        let storage = Storage {
+            dir: dir.path().into(),
+            verify_on_open: false,
+            cache_bytes: 1 << 20,
+            ..Storage::default()
+        };
+        let (store, mut feed) = open(&storage, &Watchdog::unwatched()).unwrap();
+        assert_eq!(feed.recovered, [(key("a"), 3), (key("b"), 3)]);
+        // Damaged after recovery looked (a replayed dead letter is read only now).
+        store.journal.overwrite_record(2, b"\x01");
+        let seqs = |page: PendingPage| page.rows.iter().map(|r| r.0.seq).collect::<Vec<_>>();
+        let page = store.pending(key("a"), 0, 10, 0).await.unwrap();
+        assert_eq!(seqs(page), [1, 3], "the rest of the endpoint goes on");
+        store.flush().await.unwrap();
+        let mut told = Vec::new();
+        while let Ok(notice) = feed.notices.try_recv() {
+            if let Notice::Dropped { endpoint, seq } = notice {
+                told.push((endpoint, seq));
+            }
+        }
+        assert_eq!(told, [(key("a"), 2), (key("b"), 2)], "each worker once");
+        let listed = store.quarantined(None, 10).await.unwrap().items;
+        assert_eq!((listed.len(), listed[0].raw.as_slice()), (1, &b"\x01"[..]));
+        let page = store.pending(key("b"), 0, 10, 0).await.unwrap();
+        assert_eq!(seqs(page), [1, 3]);
+        store.close().await;
+        assert!(store.health().ready.is_err(), "no writer, not ready");
     }
 }

@@ -178,7 +178,8 @@ pub struct Gateway {
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     pub stderr_path: PathBuf,
-    /// Extra environment for the process (e.g. `LD_PRELOAD`), applied at each spawn.
+    /// Extra environment for the process (e.g. `LD_PRELOAD`, a test hook), applied at
+    /// each spawn; cleared for a restart without it.
     pub env: Vec<(String, String)>,
 }
 
@@ -198,7 +199,21 @@ impl Gateway {
 
     /// As `start`, with extra `[server]` and `[storage]` keys.
     pub fn start_config(projects: &str, server_extra: &str, storage_extra: &str) -> Gateway {
+        Self::start_env(projects, server_extra, storage_extra, &[])
+    }
+
+    /// As `start_config`, the process started with `env` set.
+    pub fn start_env(
+        projects: &str,
+        server_extra: &str,
+        storage_extra: &str,
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let mut g = Self::configure(projects, server_extra, storage_extra);
+        g.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         g.spawn();
         g
     }

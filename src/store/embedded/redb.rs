@@ -19,6 +19,12 @@
 //! - `signed`: `(at_ms, id) -> request` (JSON) for requests the merchant listener
 //!   signed, kept for the dedup window and swept with the keys;
 //!   `signed_by_lane`: `(order key, at_ms, id) -> ()`.
+//! - `quarantine`: `seq -> entry` (JSON: when, why, the endpoints whose pending
+//!   deliveries were dropped, the bytes as found in base64) for each event record
+//!   that could not be decoded (or was missing under a pending delivery): moved out of
+//!   `events` and `deliveries` so its endpoints' other deliveries go on, and kept
+//!   until removed by hand. Its `events_by_lane` row, if any, stays: the lane of an
+//!   unreadable record is unknown, and the row points at nothing.
 //!
 //! Plus `commit.mark`: the last committed `next_seq`, rewritten (not synced) after every
 //! commit. If redb ever opens behind it (a damaged file repaired to an older commit),
@@ -33,16 +39,19 @@ use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use redb::{
-    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition,
     WriteTransaction,
 };
 
 use super::disk::{self, Faults, Watched};
 
+use crate::clock::now_ms;
 use crate::dedup::DedupKey;
 use crate::store::record;
-use crate::store::{EndpointKey, Event, SignedRequest, StoreError};
+use crate::store::{EndpointKey, Event, QuarantinePage, Quarantined, SignedRequest, StoreError};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
@@ -53,6 +62,14 @@ const BY_LANE: TableDefinition<(&str, u64), ()> = TableDefinition::new("events_b
 const SIGNED: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("signed");
 const SIGNED_BY_LANE: TableDefinition<(&str, u64, u64), ()> =
     TableDefinition::new("signed_by_lane");
+const QUARANTINE: TableDefinition<u64, &[u8]> = TableDefinition::new("quarantine");
+
+/// Record bytes one page of the quarantine listing holds at most (past the first
+/// record): records can be as large as `server.max_body_bytes`, 16 MiB at most.
+const QUARANTINE_PAGE_BYTES: usize = 8 << 20;
+
+/// The reason given for a pending delivery whose event record is not there at all.
+const MISSING: &str = "its event record is missing";
 
 macro_rules! storage_err {
     ($($t:ty),*) => {$(
@@ -97,6 +114,59 @@ pub enum Update {
         endpoint: EndpointKey,
         state: Vec<u8>,
     },
+    /// Event `seq` cannot be read (`reason`): move it to the quarantine and drop every
+    /// pending delivery of it.
+    Quarantine { seq: u64, reason: String },
+}
+
+/// A record a read found unreadable, to be quarantined by the next commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damaged {
+    pub seq: u64,
+    pub reason: String,
+}
+
+/// What a commit did beside writing its group.
+#[derive(Debug, Default)]
+pub struct Committed {
+    /// Records quarantined for the first time.
+    pub quarantined: Vec<Quarantined>,
+    /// Pending deliveries dropped with a quarantined record.
+    pub dropped: Vec<(u64, EndpointKey)>,
+}
+
+/// A quarantine entry as stored.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Entry {
+    at_ms: u64,
+    reason: String,
+    endpoints: Vec<String>,
+    raw_base64: String,
+}
+
+impl Entry {
+    fn decode(raw: &[u8]) -> Entry {
+        serde_json::from_slice(raw).unwrap_or_else(|_| Entry {
+            at_ms: 0,
+            reason: "the quarantine entry itself is unreadable".into(),
+            endpoints: Vec::new(),
+            raw_base64: STANDARD.encode(raw),
+        })
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("strings and numbers serialise")
+    }
+
+    fn public(self, seq: u64) -> Quarantined {
+        Quarantined {
+            seq,
+            at_ms: self.at_ms,
+            reason: self.reason,
+            endpoints: self.endpoints,
+            raw: STANDARD.decode(&self.raw_base64).unwrap_or_default(),
+        }
+    }
 }
 
 /// What one commit writes.
@@ -120,6 +190,9 @@ pub struct Recovery {
     pub dedup: Vec<(DedupKey, u32)>,
     /// `(seq, endpoint)` of every pending delivery, in seq order.
     pub pending: Vec<(u64, EndpointKey)>,
+    /// Events found unreadable under pending deliveries, quarantined before delivery
+    /// starts (their deliveries are not in `pending`).
+    pub quarantined: Vec<Quarantined>,
 }
 
 /// One redb file.
@@ -260,6 +333,7 @@ impl Journal {
             tx.open_table(BY_LANE)?;
             tx.open_table(SIGNED)?;
             tx.open_table(SIGNED_BY_LANE)?;
+            tx.open_table(QUARANTINE)?;
         }
         tx.commit()?;
         Ok(())
@@ -296,12 +370,15 @@ impl Journal {
         Ok(())
     }
 
-    /// Writes one group atomically and durably.
-    pub fn commit(&self, group: &Group) -> Result<(), StoreError> {
+    /// Writes one group atomically and durably. An event record found unreadable on
+    /// the way (releasing it) is quarantined, never an error: one damaged record must
+    /// not stop every later commit.
+    pub fn commit(&self, group: &Group) -> Result<Committed, StoreError> {
         // A newer sweep covers an unfinished one: `before` only grows.
         let mut sweeping = self.sweeping.lock().expect("sweep lock");
         let before = group.sweep_before.or(*sweeping);
         let mut unfinished = None;
+        let mut committed = Committed::default();
         let mut tx = self.write_tx()?;
         tx.set_durability(Durability::Immediate)?;
         tx.set_quick_repair(false);
@@ -311,6 +388,7 @@ impl Journal {
             let mut deliveries = tx.open_table(DELIVERIES)?;
             let mut dead = tx.open_table(DEAD)?;
             let mut by_lane = tx.open_table(BY_LANE)?;
+            let mut quarantine = tx.open_table(QUARANTINE)?;
             for (event, expires) in &group.events {
                 events.insert(event.seq, record::encode(event).as_slice())?;
                 by_lane.insert((event.order_key.as_str(), event.seq), ())?;
@@ -353,6 +431,14 @@ impl Journal {
                         dead.remove((endpoint.as_str(), *seq))?;
                         deliveries.insert((*seq, endpoint.as_str()), state.as_slice())?;
                     }
+                    Update::Quarantine { seq, reason } => quarantine_event(
+                        &mut events,
+                        &mut deliveries,
+                        &mut quarantine,
+                        *seq,
+                        reason,
+                        &mut committed,
+                    )?,
                 }
             }
             if let Some(before) = before {
@@ -373,9 +459,12 @@ impl Journal {
             }
             if let Some(start) = group.window_start_ms {
                 for seq in done {
-                    if let Some(raw) = events.get(seq)?
-                        && record::decode_head(seq, raw.value())?.accepted_ms < start
-                    {
+                    let accepted = match events.get(seq)? {
+                        Some(raw) => record::decode_head(seq, raw.value()).map(|h| h.accepted_ms),
+                        None => continue,
+                    };
+                    // An unreadable one goes too: the pass below quarantines it.
+                    if !matches!(accepted, Ok(ms) if ms >= start) {
                         released.push(seq);
                     }
                 }
@@ -389,8 +478,24 @@ impl Journal {
                     continue;
                 }
                 let head = match events.get(seq)? {
-                    Some(raw) => record::decode_head(seq, raw.value())?,
+                    Some(raw) => record::decode_head(seq, raw.value()),
                     None => continue,
+                };
+                let head = match head {
+                    Ok(head) => head,
+                    Err(e) => {
+                        // Without its endpoints its dead letters cannot be looked up:
+                        // they stay listed, and a replay of one finds the quarantine.
+                        quarantine_event(
+                            &mut events,
+                            &mut deliveries,
+                            &mut quarantine,
+                            seq,
+                            &e.to_string(),
+                            &mut committed,
+                        )?;
+                        continue;
+                    }
                 };
                 let mut dead_any = false;
                 for endpoint in &head.endpoints {
@@ -418,7 +523,7 @@ impl Journal {
         if let Err(e) = self.write_mark(group.next_seq) {
             tracing::warn!(error = %e, "commit mark not written");
         }
-        Ok(())
+        Ok(committed)
     }
 
     /// Records signed requests and drops a chunk of those older than `sweep_before`
@@ -455,36 +560,109 @@ impl Journal {
     }
 
     /// What start-up needs: the next sequence, live dedup keys, pending deliveries.
+    /// Every event a pending delivery waits for is decoded once here: one that cannot
+    /// be (whatever its bytes) is quarantined before delivery starts, never fatal.
     pub fn recover(&self, now_s: u32) -> Result<Recovery, StoreError> {
-        let tx = self.read_tx()?;
-        let next_seq = tx
-            .open_table(META)?
-            .get("next_seq")?
-            .map(|v| v.value())
-            .unwrap_or(1);
-        let dedup = tx
-            .open_table(DEDUP)?
-            .range((now_s.saturating_add(1), 0)..)?
-            .map(|r| r.map(|(k, v)| (DedupKey(v.value()), k.value().0)))
-            .collect::<Result<_, _>>()?;
-        let mut pending = Vec::new();
-        for row in tx.open_table(DELIVERIES)?.iter()? {
-            let (k, _) = row?;
-            let (seq, endpoint) = k.value();
-            match EndpointKey::parse(endpoint) {
-                Some(endpoint) => pending.push((seq, endpoint)),
-                None => tracing::error!(
-                    seq,
-                    endpoint,
-                    "pending delivery with a malformed endpoint key; skipped"
-                ),
+        let (next_seq, dedup, mut pending, damaged) = {
+            let tx = self.read_tx()?;
+            let next_seq = tx
+                .open_table(META)?
+                .get("next_seq")?
+                .map(|v| v.value())
+                .unwrap_or(1);
+            let dedup: Vec<(DedupKey, u32)> = tx
+                .open_table(DEDUP)?
+                .range((now_s.saturating_add(1), 0)..)?
+                .map(|r| r.map(|(k, v)| (DedupKey(v.value()), k.value().0)))
+                .collect::<Result<_, _>>()?;
+            let mut pending = Vec::new();
+            for row in tx.open_table(DELIVERIES)?.iter()? {
+                let (k, _) = row?;
+                let (seq, endpoint) = k.value();
+                match EndpointKey::parse(endpoint) {
+                    Some(endpoint) => pending.push((seq, endpoint)),
+                    None => tracing::error!(
+                        seq,
+                        endpoint,
+                        "pending delivery with a malformed endpoint key; skipped"
+                    ),
+                }
             }
+            let events = tx.open_table(EVENTS)?;
+            let mut damaged = Vec::new();
+            let mut last = None;
+            // Rows are in seq order: each event is read once.
+            for (seq, _) in &pending {
+                if last.replace(*seq) == Some(*seq) {
+                    continue;
+                }
+                let reason = match events.get(*seq)? {
+                    Some(raw) => record::decode_head(*seq, raw.value())
+                        .err()
+                        .map(|e| e.to_string()),
+                    None => Some(MISSING.to_string()),
+                };
+                if let Some(reason) = reason {
+                    damaged.push(Damaged { seq: *seq, reason });
+                }
+            }
+            (next_seq, dedup, pending, damaged)
+        };
+        let mut quarantined = Vec::new();
+        if !damaged.is_empty() {
+            pending.retain(|(seq, _)| damaged.binary_search_by_key(seq, |d| d.seq).is_err());
+            let updates = damaged
+                .into_iter()
+                .map(|d| Update::Quarantine {
+                    seq: d.seq,
+                    reason: d.reason,
+                })
+                .collect();
+            quarantined = self
+                .commit(&Group {
+                    updates,
+                    next_seq,
+                    ..Group::default()
+                })?
+                .quarantined;
         }
         Ok(Recovery {
             next_seq,
             dedup,
             pending,
+            quarantined,
         })
+    }
+
+    /// Up to `limit` quarantined records with a seq above `after`, oldest first, and
+    /// fewer once their bytes pass `QUARANTINE_PAGE_BYTES`.
+    pub fn quarantined(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<QuarantinePage, StoreError> {
+        let mut page = QuarantinePage {
+            items: Vec::new(),
+            next: None,
+        };
+        let start = match after {
+            None => 0,
+            Some(u64::MAX) => return Ok(page),
+            Some(after) => after + 1,
+        };
+        let tx = self.read_tx()?;
+        let mut bytes = 0;
+        for row in tx.open_table(QUARANTINE)?.range(start..)? {
+            if page.items.len() >= limit || bytes > QUARANTINE_PAGE_BYTES {
+                page.next = page.items.last().map(|q| q.seq);
+                break;
+            }
+            let (k, v) = row?;
+            let record = Entry::decode(v.value()).public(k.value());
+            bytes += record.raw.len();
+            page.items.push(record);
+        }
+        Ok(page)
     }
 
     /// Event `seq` and where each of its deliveries stands.
@@ -537,7 +715,7 @@ impl Journal {
         let events = tx.open_table(EVENTS)?;
         events
             .get(seq)?
-            .map(|v| record::decode(seq, v.value()))
+            .map(|v| record::decode(seq, v.value()).map_err(StoreError::from))
             .transpose()
     }
 
@@ -592,13 +770,14 @@ impl Journal {
 
     /// Up to `limit` pending deliveries of `endpoint` with seq `>= from`, with their
     /// events; `floor` is the journal's `next_seq` at the read. Scans every pending row
-    /// from `from` on (rows are keyed by seq first).
+    /// from `from` on (rows are keyed by seq first). A row whose event cannot be read
+    /// is left out and reported, for the writer to quarantine.
     pub fn pending(
         &self,
         endpoint: &str,
         from: u64,
         limit: usize,
-    ) -> Result<crate::store::PendingPage, StoreError> {
+    ) -> Result<(crate::store::PendingPage, Vec<Damaged>), StoreError> {
         let tx = self.read_tx()?;
         let next_seq = tx
             .open_table(META)?
@@ -608,6 +787,7 @@ impl Journal {
         let deliveries = tx.open_table(DELIVERIES)?;
         let events = tx.open_table(EVENTS)?;
         let mut rows = Vec::new();
+        let mut damaged = Vec::new();
         let mut complete = true;
         for row in deliveries.range((from, "")..)? {
             let (k, v) = row?;
@@ -619,25 +799,107 @@ impl Journal {
                 complete = false;
                 break;
             }
-            // A pending row without its event would be a journal bug; skip it loudly
-            // rather than stall the endpoint.
+            // Skipped, not an error: an error would stall the endpoint on this row.
             match events.get(seq)? {
-                Some(raw) => rows.push((record::decode(seq, raw.value())?, v.value().to_vec())),
-                None => tracing::error!(seq, endpoint, "pending delivery without its event"),
+                Some(raw) => match record::decode(seq, raw.value()) {
+                    Ok(event) => rows.push((event, v.value().to_vec())),
+                    Err(e) => damaged.push(Damaged {
+                        seq,
+                        reason: e.to_string(),
+                    }),
+                },
+                None => damaged.push(Damaged {
+                    seq,
+                    reason: MISSING.into(),
+                }),
             }
         }
-        Ok(crate::store::PendingPage {
+        let page = crate::store::PendingPage {
             rows,
             complete,
             floor: next_seq,
-        })
+        };
+        Ok((page, damaged))
     }
+}
+
+/// A quarantine entry's bytes as the admin API shows them, for the fuzz target.
+#[doc(hidden)]
+pub fn quarantine_entry(raw: &[u8]) -> Quarantined {
+    Entry::decode(raw).public(0)
+}
+
+#[cfg(test)]
+impl Journal {
+    /// Replaces event `seq`'s record with `raw` in a transaction of its own: redb's
+    /// checksums hold, only the record is wrong (a bug, an old format, memory damage
+    /// before the write).
+    pub(crate) fn overwrite_record(&self, seq: u64, raw: &[u8]) {
+        let tx = self.write_tx().unwrap();
+        tx.open_table(EVENTS).unwrap().insert(seq, raw).unwrap();
+        tx.commit().unwrap();
+    }
+}
+
+/// Moves event `seq` from `events` to the quarantine and drops every pending delivery
+/// of it; the first report makes the entry (counted in `out.quarantined`), a later
+/// one adds the deliveries it dropped. Every dropped row is in `out.dropped`, so
+/// the workers that counted it stop counting it.
+fn quarantine_event(
+    events: &mut Table<'_, u64, &'static [u8]>,
+    deliveries: &mut Table<'_, (u64, &'static str), &'static [u8]>,
+    quarantine: &mut Table<'_, u64, &'static [u8]>,
+    seq: u64,
+    reason: &str,
+    out: &mut Committed,
+) -> Result<(), StoreError> {
+    let raw = events.remove(seq)?.map(|v| v.value().to_vec());
+    let mut dropped = Vec::new();
+    for row in deliveries.range((seq, "")..)? {
+        let (k, _) = row?;
+        let (at, endpoint) = k.value();
+        if at != seq {
+            break;
+        }
+        dropped.push(endpoint.to_string());
+    }
+    for endpoint in &dropped {
+        deliveries.remove((seq, endpoint.as_str()))?;
+    }
+    let existing = quarantine.get(seq)?.map(|v| Entry::decode(v.value()));
+    let fresh = existing.is_none();
+    let mut entry = existing.unwrap_or_else(|| Entry {
+        at_ms: now_ms(),
+        reason: reason.to_string(),
+        endpoints: Vec::new(),
+        raw_base64: String::new(),
+    });
+    if let Some(raw) = raw
+        && entry.raw_base64.is_empty()
+    {
+        entry.raw_base64 = STANDARD.encode(raw);
+    }
+    entry.endpoints.extend(dropped.iter().cloned());
+    entry.endpoints.sort();
+    entry.endpoints.dedup();
+    quarantine.insert(seq, entry.encode().as_slice())?;
+    if fresh {
+        out.quarantined.push(entry.public(seq));
+    }
+    out.dropped.extend(
+        dropped
+            .iter()
+            .filter_map(|e| EndpointKey::parse(e))
+            .map(|e| (seq, e)),
+    );
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use proptest::prelude::Strategy as _;
 
     fn key(name: &str) -> EndpointKey {
         EndpointKey::new(1234, name)
@@ -895,5 +1157,214 @@ mod tests {
         assert_eq!(journal.lane("1234/p").unwrap(), (vec![], vec![]));
         assert_eq!(journal.lane("1234/q").unwrap().1.len(), 1);
         assert!(journal.event(1).unwrap().is_none());
+    }
+
+    fn overwrite(journal: &Journal, seq: u64, raw: &[u8]) {
+        journal.overwrite_record(seq, raw);
+    }
+
+    fn seqs(rows: &[(Event, Vec<u8>)]) -> Vec<u64> {
+        rows.iter().map(|(e, _)| e.seq).collect()
+    }
+
+    #[test]
+    fn recovery_quarantines_an_unreadable_record_and_keeps_the_rest_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path(), false, 1 << 20).unwrap();
+        commit(
+            &journal,
+            vec![
+                (event(1, &["a"]), 100),
+                (event(2, &["a", "b"]), 100),
+                (event(3, &["a"]), 100),
+            ],
+            vec![],
+            None,
+        );
+        let garbage = b"\x07 not a record".to_vec();
+        overwrite(&journal, 2, &garbage);
+        let recovered = journal.recover(0).unwrap();
+        assert_eq!(recovered.pending, [(1, key("a")), (3, key("a"))]);
+        assert_eq!(recovered.quarantined.len(), 1);
+        let q = &recovered.quarantined[0];
+        assert_eq!((q.seq, &q.raw), (2, &garbage));
+        assert_eq!(q.endpoints, ["1234/a", "1234/b"]);
+        assert!(q.reason.contains("unknown version"), "{}", q.reason);
+        assert!(journal.event(2).unwrap().is_none());
+        assert_eq!(
+            journal.quarantined(None, 10).unwrap().items,
+            recovered.quarantined
+        );
+        // Found once: the next start has nothing new to say.
+        let again = journal.recover(0).unwrap();
+        assert!(again.quarantined.is_empty());
+        assert_eq!(again.pending.len(), 2);
+        assert!(journal.quarantined(Some(2), 10).unwrap().items.is_empty());
+        let first = journal.quarantined(None, 1).unwrap();
+        assert_eq!(
+            (first.items.len(), first.next),
+            (1, None),
+            "nothing after it"
+        );
+    }
+
+    #[test]
+    fn a_read_reports_an_unreadable_record_and_its_quarantine_drops_every_delivery_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path(), false, 1 << 20).unwrap();
+        commit(
+            &journal,
+            vec![
+                (event(1, &["a"]), 100),
+                (event(2, &["a", "b"]), 100),
+                (event(3, &["a", "b"]), 100),
+            ],
+            vec![],
+            None,
+        );
+        // Cut inside the order key: a torn record.
+        let whole = record::encode(&event(2, &["a", "b"]));
+        overwrite(&journal, 2, &whole[..37]);
+        overwrite(&journal, 3, &[]);
+        let (page, damaged) = journal.pending("1234/a", 0, 10).unwrap();
+        assert_eq!(seqs(&page.rows), [1]);
+        assert!(page.complete);
+        assert_eq!(
+            damaged.iter().map(|d| d.seq).collect::<Vec<_>>(),
+            [2, 3],
+            "{damaged:?}"
+        );
+        assert!(damaged[0].reason.contains("order key"), "{damaged:?}");
+        assert!(damaged[1].reason.contains("empty"), "{damaged:?}");
+        let quarantine = |seq, reason: &str| Update::Quarantine {
+            seq,
+            reason: reason.into(),
+        };
+        let group = |updates| Group {
+            updates,
+            next_seq: 10,
+            ..Group::default()
+        };
+        let done = journal
+            .commit(&group(vec![
+                quarantine(2, &damaged[0].reason),
+                quarantine(3, &damaged[1].reason),
+            ]))
+            .unwrap();
+        assert_eq!(done.quarantined.len(), 2);
+        assert_eq!(
+            done.dropped,
+            [(2, key("a")), (2, key("b")), (3, key("a")), (3, key("b"))]
+        );
+        // Another worker's report of the same record changes nothing.
+        let again = journal
+            .commit(&group(vec![quarantine(2, "again")]))
+            .unwrap();
+        assert!(again.quarantined.is_empty() && again.dropped.is_empty());
+        assert!(journal.pending("1234/b", 0, 10).unwrap().0.rows.is_empty());
+        let listed = journal.quarantined(None, 10).unwrap().items;
+        assert_eq!(listed[0].raw, &whole[..37]);
+        assert_eq!(listed[0].reason, damaged[0].reason);
+        assert_eq!(listed[1].raw, b"");
+        // A delivery whose event is missing altogether is reported too.
+        let tx = journal.write_tx().unwrap();
+        tx.open_table(EVENTS).unwrap().remove(1).unwrap();
+        tx.commit().unwrap();
+        let (page, damaged) = journal.pending("1234/a", 0, 10).unwrap();
+        assert!(page.rows.is_empty());
+        assert_eq!(
+            damaged,
+            [Damaged {
+                seq: 1,
+                reason: MISSING.into()
+            }]
+        );
+    }
+
+    #[test]
+    fn a_sweep_quarantines_an_unreadable_record_instead_of_failing_every_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path(), false, 1 << 20).unwrap();
+        commit(
+            &journal,
+            vec![(event(1, &[]), 100), (event(2, &["a"]), 100)],
+            vec![],
+            None,
+        );
+        overwrite(&journal, 1, b"\x01short");
+        overwrite(&journal, 2, b"\x01short");
+        // Its key expired: the sweep releases event 1, and the delivery of event 2 is
+        // done past the window, which releases it too.
+        let done = journal
+            .commit(&Group {
+                updates: vec![Update::Done {
+                    seq: 2,
+                    endpoint: key("a"),
+                }],
+                sweep_before: Some(200),
+                window_start_ms: Some(1),
+                next_seq: 10,
+                ..Group::default()
+            })
+            .unwrap();
+        let quarantined: Vec<u64> = done.quarantined.iter().map(|q| q.seq).collect();
+        assert_eq!(quarantined, [1, 2]);
+        assert!(done.dropped.is_empty());
+        commit(&journal, vec![(event(3, &["a"]), 300)], vec![], Some(200));
+        assert!(journal.event(3).unwrap().is_some());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        /// Whatever bytes the records and delivery states hold, recovery and the reads
+        /// after it answer: each record that decodes stays pending, each that does not
+        /// is quarantined, and commits go on.
+        #[test]
+        fn recovery_never_fails_on_any_record_contents(
+            records in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::collection::vec(proptest::num::u8::ANY, 0..80),
+                    (0usize..200).prop_map(|cut| {
+                        let whole = record::encode(&event(1, &["a", "b"]));
+                        whole[..cut.min(whole.len())].to_vec()
+                    }),
+                ],
+                1..6,
+            ),
+            state in proptest::collection::vec(proptest::num::u8::ANY, 0..40),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let journal = Journal::open(dir.path(), false, 1 << 20).unwrap();
+            let n = records.len() as u64;
+            commit(
+                &journal,
+                (1..=n).map(|s| (event(s, &["a"]), 100)).collect(),
+                vec![],
+                None,
+            );
+            for (i, raw) in records.iter().enumerate() {
+                overwrite(&journal, i as u64 + 1, raw);
+            }
+            let tx = journal.write_tx().unwrap();
+            tx.open_table(DELIVERIES).unwrap().insert((1, "1234/a"), state.as_slice()).unwrap();
+            tx.commit().unwrap();
+            let readable: Vec<u64> = (1..=n)
+                .filter(|&s| record::decode_head(s, &records[s as usize - 1]).is_ok())
+                .collect();
+            let recovered = journal.recover(0).unwrap();
+            let pending: Vec<u64> = recovered.pending.iter().map(|(s, _)| *s).collect();
+            proptest::prop_assert_eq!(&pending, &readable);
+            proptest::prop_assert_eq!(recovered.quarantined.len() as u64, n - readable.len() as u64);
+            let (page, damaged) = journal.pending("1234/a", 0, 100).unwrap();
+            proptest::prop_assert!(damaged.is_empty());
+            proptest::prop_assert_eq!(seqs(&page.rows), readable);
+            for (event, raw) in &page.rows {
+                let _ = crate::delivery::State::decode(raw, event.accepted_ms);
+            }
+            journal
+                .commit(&Group { sweep_before: Some(200), window_start_ms: Some(1), next_seq: 10, ..Group::default() })
+                .unwrap();
+        }
     }
 }

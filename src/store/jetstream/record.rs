@@ -53,7 +53,7 @@ impl Parked {
 
 /// The event of a `cb.` message numbered `seq`; the body shares `raw`.
 pub fn decode_event(seq: u64, raw: &Bytes) -> Result<Event, StoreError> {
-    record::decode_shared(seq, raw)
+    Ok(record::decode_shared(seq, raw)?)
 }
 
 /// An event kept with one delivery's state.
