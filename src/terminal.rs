@@ -57,6 +57,9 @@ struct Checked {
     project: Arc<Project>,
     kind: Kind,
     dialect: Dialect,
+    /// When the answer must be on its way: the project's budget from the check, less
+    /// a margin for writing it.
+    deadline: tokio::time::Instant,
 }
 
 /// The gateway's own refusal of a request, written in the method's dialect.
@@ -250,7 +253,8 @@ impl Terminal {
     /// store does not answer in time (then this node alone remembers: counted).
     async fn shared_get(&self, key: [u8; 32], c: &Checked) -> Option<Answer> {
         let shared = self.shared.as_ref()?;
-        match tokio::time::timeout(shared_timeout(c), shared.get(key)).await {
+        let wait = (c.project.terminal_budget / 4).min(left(c));
+        match tokio::time::timeout(wait, shared.get(key)).await {
             Ok(Ok(found)) => found.map(Answer::kept),
             Ok(Err(e)) => shared_fallback("get", &e.to_string()),
             Err(_) => shared_fallback("get", "timed out"),
@@ -264,7 +268,9 @@ impl Terminal {
             return answer;
         };
         let put = shared.put(key, answer.body.clone());
-        match tokio::time::timeout(shared_timeout(c), put).await {
+        // The merchant has answered: sharing it may take what is left of the budget, as
+        // a retry on another node that misses it would ask the merchant a second time.
+        match tokio::time::timeout(left(c), put).await {
             Ok(Ok(kept)) if kept == answer.body => answer,
             Ok(Ok(kept)) => Answer::kept(kept),
             Ok(Err(e)) => shared_fallback("put", &e.to_string()).unwrap_or(answer),
@@ -281,8 +287,7 @@ impl Terminal {
     async fn ask(&self, body: &Bytes, c: &Checked) -> (Answer, bool) {
         let project = &c.project;
         let url = project.terminal_url.as_ref().expect("checked");
-        let budget = project.terminal_budget;
-        let deadline = tokio::time::Instant::now() + budget - MARGIN.min(budget / 10);
+        let deadline = c.deadline;
         let label = || (project.id.to_string(), c.kind.as_str());
         let merchant_error = |kind: &'static str, reason: String| {
             let (p, t) = label();
@@ -328,10 +333,10 @@ impl Terminal {
     }
 }
 
-/// How long a shared-answer lookup may take: a small part of the budget, the kiosk
-/// waits meanwhile.
-fn shared_timeout(c: &Checked) -> Duration {
-    (c.project.terminal_budget / 8).min(Duration::from_millis(250))
+/// What is left of the request's budget.
+fn left(c: &Checked) -> Duration {
+    c.deadline
+        .saturating_duration_since(tokio::time::Instant::now())
 }
 
 /// The shared answers could not be used: this node's own memory stands in, counted.
@@ -467,7 +472,9 @@ fn check(
             "terminal requests are not configured for this project".into(),
         );
     }
+    let budget = project.terminal_budget;
     Ok(Checked {
+        deadline: tokio::time::Instant::now() + budget - MARGIN.min(budget / 10),
         project,
         kind,
         dialect,

@@ -99,15 +99,6 @@ pub fn callback(payment: &str, op: u64, method: &str, status: &str) -> Vec<u8> {
     signed_for(PROJECT, &json, SECRET)
 }
 
-fn accept(g: &Gateway, body: &[u8]) {
-    assert_eq!(
-        g.post("/callbacks", body),
-        (200, r#"{"status":"accepted"}"#.into()),
-        "{}",
-        g.log()
-    );
-}
-
 pub fn op_of(body: &[u8]) -> u64 {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap();
     v["operation"]["id"].as_u64().unwrap()
@@ -291,7 +282,7 @@ fn fan_out_gives_each_endpoint_exactly_what_its_filters_match(engine: &Engine) {
         .map(|(i, (method, status))| callback(&format!("p{i}"), 100 + i as u64, method, status))
         .collect();
     for b in &bodies {
-        accept(&g, b);
+        g.accept_callback(b);
     }
     let pick = |f: &dyn Fn(&str, &str) -> bool| -> Vec<Vec<u8>> {
         events
@@ -365,7 +356,7 @@ fn a_flaky_endpoint_gets_everything_in_the_end(engine: &Engine) {
         .map(|i| callback(&format!("pay-{i}"), 200 + i, "kassa24", "success"))
         .collect();
     for b in &bodies {
-        accept(&g, b);
+        g.accept_callback(b);
     }
     assert!(flaky.wait_delivered(15, engine.patience()), "{}", g.log());
     let mut got = flaky.delivered();
@@ -413,10 +404,7 @@ fn order_per_payment_holds_while_another_payments_event_retries(engine: &Engine)
             s.spawn(move || {
                 for k in 0..per_payment {
                     let op = (p as u64 + 1) * 100 + k;
-                    accept(
-                        g,
-                        &callback(&format!("pay-{name}"), op, "kassa24", "success"),
-                    );
+                    g.accept_callback(&callback(&format!("pay-{name}"), op, "kassa24", "success"));
                 }
             });
         }
@@ -502,7 +490,7 @@ max_in_flight = 4"#,
         })
         .collect();
     for body in &bodies {
-        accept(&g, body);
+        g.accept_callback(body);
     }
     // Kill once a has requests waiting at the gate and every delivery is durable in
     // the store (none held only in memory).
@@ -576,7 +564,7 @@ max_queued = 3"#,
         .map(|i| callback(&format!("pay-{i}"), 300 + i, "kassa24", "success"))
         .collect();
     for b in &bodies {
-        accept(&g, b);
+        g.accept_callback(b);
     }
     // Page through the dead letters 4 at a time until all 10 are there.
     let list = |g: &Gateway| -> Vec<(u64, serde_json::Value)> {
@@ -687,9 +675,9 @@ fn a_payment_timeline_lists_its_callbacks_and_their_deliveries(engine: &Engine) 
         callback("otp-1", 62, "mobile", "success"),
     ];
     for body in &mine {
-        accept(&g, body);
+        g.accept_callback(body);
     }
-    accept(&g, &callback("otp-2", 63, "mobile", "success"));
+    g.accept_callback(&callback("otp-2", 63, "mobile", "success"));
     assert!(ep.wait_delivered(3, engine.patience()), "{}", g.log());
     g.wait_idle(engine.patience());
     // Every node sees a delivery as delivered once its partition's progress is saved.

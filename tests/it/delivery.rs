@@ -10,13 +10,6 @@ use crate::support::{Gateway, TestTls};
 
 const LONG: Duration = Duration::from_secs(30);
 
-fn accept(g: &Gateway, body: &[u8]) {
-    assert_eq!(
-        g.post("/callbacks", body),
-        (200, r#"{"status":"accepted"}"#.into())
-    );
-}
-
 #[test]
 fn an_https_endpoint_with_a_private_ca_is_delivered_to_once_the_ca_is_configured() {
     let tls = TestTls::new();
@@ -25,7 +18,7 @@ fn an_https_endpoint_with_a_private_ca_is_delivered_to_once_the_ca_is_configured
     let body = callback("pay-tls", 90, "kassa24", "success");
     // Without the CA the handshake fails: the event waits, counted as a connect failure.
     let untrusted = Gateway::start(&config(FAST, &[("tls", &endpoint.url(), "")]));
-    accept(&untrusted, &body);
+    untrusted.accept_callback(&body);
     let failed = || {
         untrusted.metric(
             "cbgate_delivery_failures_total",
@@ -43,7 +36,7 @@ fn an_https_endpoint_with_a_private_ca_is_delivered_to_once_the_ca_is_configured
         &format!("{FAST}\nca_file = \"{}\"", tls.ca_file().display()),
         &[("tls", &endpoint.url(), "")],
     ));
-    accept(&trusted, &body);
+    trusted.accept_callback(&body);
     assert!(endpoint.wait_delivered(1, LONG), "{}", trusted.log());
     assert_eq!(endpoint.delivered(), [body]);
 }
@@ -124,10 +117,7 @@ fn the_standard_webhooks_library_verifies_what_cbgate_sends() {
     ));
     let g = Gateway::start(&cfg);
     for i in 0..3 {
-        accept(
-            &g,
-            &callback(&format!("pay-{i}"), 400 + i, "mobile", "success"),
-        );
+        g.accept_callback(&callback(&format!("pay-{i}"), 400 + i, "mobile", "success"));
     }
     let started = std::time::Instant::now();
     let lines = || std::fs::read_to_string(&log).unwrap_or_default();

@@ -22,15 +22,6 @@ const LONG: Duration = Duration::from_secs(30);
 const QUARANTINED: &str = "cbgate_store_quarantined_total";
 const LOGGED: &str = "unreadable journal record quarantined";
 
-fn accept(g: &Gateway, body: &[u8]) {
-    assert_eq!(
-        g.post("/callbacks", body),
-        (200, r#"{"status":"accepted"}"#.into()),
-        "{}",
-        g.log()
-    );
-}
-
 /// An endpoint answering 503 until `up` is set, then 200.
 fn switchable() -> (Endpoint, Arc<AtomicBool>) {
     let up = Arc::new(AtomicBool::new(false));
@@ -102,7 +93,7 @@ fn a_damaged_record_is_quarantined_at_start_and_the_rest_of_its_endpoint_is_deli
         callback("pay-5", 5, "kassa24", "success"),
     ];
     for body in &bodies {
-        accept(&g, body);
+        g.accept_callback(body);
     }
     stop(&mut g);
     assert!(delivered(&endpoint).is_empty(), "the endpoint was down");
@@ -166,7 +157,7 @@ fn a_replayed_dead_letter_whose_record_is_damaged_is_quarantined_and_the_others_
         .map(|i| callback(&format!("dead-{i}"), 10 + i, "kassa24", "success"))
         .collect();
     for body in &bodies {
-        accept(&g, body);
+        g.accept_callback(body);
     }
     g.wait_metric(
         "cbgate_delivery_dead_letters_total",

@@ -242,6 +242,16 @@ impl Gateway {
         }
     }
 
+    /// Posts a callback that must be answered accepted (with the log when it is not).
+    pub fn accept_callback(&self, body: &[u8]) {
+        assert_eq!(
+            self.post("/callbacks", body),
+            (200, r#"{"status":"accepted"}"#.into()),
+            "{}",
+            self.log()
+        );
+    }
+
     /// Starts the process on the same config and data (after `kill` or `stop`) and
     /// waits until it is ready.
     pub fn spawn(&mut self) {

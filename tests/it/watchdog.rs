@@ -27,15 +27,6 @@ fn held_endpoint() -> (Endpoint, Gate) {
     )
 }
 
-fn accept(g: &Gateway, body: &[u8]) {
-    assert_eq!(
-        g.post("/callbacks", body),
-        (200, r#"{"status":"accepted"}"#.into()),
-        "{}",
-        g.log()
-    );
-}
-
 /// Polls `/readyz` until it answers 503 with a body that `says`. The process must
 /// still be up to answer: it drains while an attempt is held.
 fn wait_not_ready(g: &Gateway, says: &str) {
@@ -68,11 +59,11 @@ fn a_dead_dispatcher_turns_readiness_red_exits_70_and_the_restart_delivers_every
     let bodies: Vec<Vec<u8>> = (1..=3)
         .map(|i| callback(&format!("pay-{i}"), i, "kassa24", "success"))
         .collect();
-    accept(&g, &bodies[0]);
-    accept(&g, &bodies[1]);
+    g.accept_callback(&bodies[0]);
+    g.accept_callback(&bodies[1]);
     assert!(endpoint.wait_arrived(1, LONG), "{}", g.log());
     // Durable and answered 200; the dispatcher dies handing it out.
-    accept(&g, &bodies[2]);
+    g.accept_callback(&bodies[2]);
     wait_not_ready(&g, "not ready");
     gate.open();
     let status = g.wait_exit(LONG);
@@ -108,8 +99,8 @@ fn a_dead_journal_writer_answers_503_turns_readiness_red_exits_70_and_loses_noth
     let bodies: Vec<Vec<u8>> = (1..=4)
         .map(|i| callback(&format!("pay-{i}"), i, "kassa24", "success"))
         .collect();
-    accept(&g, &bodies[0]);
-    accept(&g, &bodies[1]);
+    g.accept_callback(&bodies[0]);
+    g.accept_callback(&bodies[1]);
     assert!(endpoint.wait_arrived(1, LONG), "{}", g.log());
     // The writer dies with the third in hand: never answered 200, nor is anything after.
     let (status, text) = g.post("/callbacks", &bodies[2]);
@@ -140,7 +131,7 @@ fn a_dead_journal_writer_answers_503_turns_readiness_red_exits_70_and_loses_noth
         );
     }
     for body in &bodies[2..] {
-        accept(&g, body);
+        g.accept_callback(body);
     }
     assert!(endpoint.wait_delivered(4, LONG), "{}", g.log());
     g.wait_idle(LONG);
