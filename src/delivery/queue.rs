@@ -36,7 +36,10 @@ impl Queue {
         self.index.contains_key(&seq)
     }
 
-    /// Appends `job` to its lane; it waits for the jobs before it.
+    /// Puts `job` in its lane in acceptance (seq) order; it waits for the jobs before
+    /// it. An earlier event can reach memory after a later one of its payment (read
+    /// back from the store while the later one arrived fresh): it goes first, ahead of
+    /// a head that waits, or right behind a head already in flight.
     pub fn push(&mut self, job: Job) {
         let seq = job.event.seq;
         if self.index.contains_key(&seq) {
@@ -44,10 +47,25 @@ impl Queue {
         }
         let key = job.event.order_key.clone();
         let lane = self.lanes.entry(key.clone()).or_default();
-        if lane.is_empty() {
-            self.timers.insert((job.due, seq));
+        let at = lane
+            .iter()
+            .position(|j| j.event.seq > seq)
+            .unwrap_or(lane.len());
+        if at == 0 {
+            match lane.front() {
+                None => {
+                    self.timers.insert((job.due, seq));
+                    lane.push_back(job);
+                }
+                Some(head) if self.timers.remove(&(head.due, head.event.seq)) => {
+                    self.timers.insert((job.due, seq));
+                    lane.push_front(job);
+                }
+                Some(_) => lane.insert(1, job),
+            }
+        } else {
+            lane.insert(at, job);
         }
-        lane.push_back(job);
         self.index.insert(seq, key);
     }
 
@@ -209,6 +227,30 @@ mod tests {
         q.finish(1);
         assert_eq!(q.next_due(), Some((t + Duration::from_secs(1), 2)));
         assert!(q.start(1).is_none());
+    }
+
+    #[test]
+    fn an_earlier_event_arriving_late_goes_before_a_waiting_head_and_behind_one_in_flight() {
+        let now = Instant::now();
+        let mut q = Queue::default();
+        q.push(job(3, "p", now));
+        q.push(job(2, "p", now));
+        assert_eq!(q.next_due(), Some((now, 2)));
+        q.start(2).unwrap();
+        q.push(job(1, "p", now));
+        q.push(job(4, "p", now));
+        assert_eq!(
+            q.next_due(),
+            None,
+            "2 is in flight: nothing else of p is due"
+        );
+        q.finish(2).unwrap();
+        let order: Vec<u64> = std::iter::from_fn(|| {
+            let (_, seq) = q.next_due()?;
+            q.finish(seq).map(|j| j.event.seq)
+        })
+        .collect();
+        assert_eq!(order, [1, 3, 4]);
     }
 
     #[test]
