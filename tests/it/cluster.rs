@@ -329,12 +329,15 @@ fn a_gateway_node_killed_mid_load_loses_nothing_and_keeps_order_outside_the_kill
         }
         m
     };
+    // A duplicate is a delivery in flight when its partition changed hands: at the kill,
+    // or when the restarted node takes its partitions back (rendezvous), both inside
+    // the takeover window used for order below.
     for op in dup_all.iter().chain(&dup_success) {
-        assert!(
-            accepted[op] < killed,
-            "op {op} accepted after the kill came twice"
-        );
         let first = first_delivery[op];
+        assert!(
+            first < killed + Duration::from_secs(20),
+            "op {op} first delivered after the takeover window came twice"
+        );
         assert!(
             first + Duration::from_secs(5) > killed,
             "op {op} first delivered {:?} before the kill came again",
