@@ -90,9 +90,10 @@ pub fn merchant_answer(data: &[u8]) {
 
 /// Every decoder of stored records on `data`, as recovery, delivery and admin use
 /// them: the event record (whole, shared, head), the attempt log a delivery keeps, a
-/// quarantine entry, and JetStream's parked-delivery and kept-event records. Whatever
-/// decodes encodes back to the very same bytes, and the head decodes exactly when the
-/// whole record does (recovery checks heads, delivery reads wholes).
+/// quarantine entry, and JetStream's parked-delivery, kept-event and quarantine
+/// records. Whatever decodes encodes back to the very same bytes, and the head
+/// decodes exactly when the whole record does (recovery checks heads, delivery reads
+/// wholes).
 pub fn journal_record(data: &[u8]) {
     use crate::store::jetstream::record as js;
     use crate::store::record;
@@ -120,6 +121,9 @@ pub fn journal_record(data: &[u8]) {
     }
     if let Ok((state, event)) = js::decode_kept(7, &shared) {
         assert_eq!(js::encode_kept(&state, &event), data);
+    }
+    if let Some(quarantined) = js::decode_quarantined(7, data) {
+        assert_eq!(js::encode_quarantined(&quarantined), data);
     }
 }
 

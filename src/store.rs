@@ -135,11 +135,53 @@ pub struct Quarantined {
     pub raw: Vec<u8>,
 }
 
+/// Counts and logs (once, where it is quarantined) a record moved out of delivery.
+pub(crate) fn report_quarantined(record: &Quarantined) {
+    metrics::counter!(crate::metrics::STORE_QUARANTINED_TOTAL).increment(1);
+    tracing::error!(
+        seq = record.seq,
+        reason = %record.reason,
+        endpoints = ?record.endpoints,
+        bytes = record.raw.len(),
+        "unreadable stored record quarantined (GET /admin/quarantine); its deliveries \
+         are dropped, the other deliveries of its endpoints go on"
+    );
+}
+
 /// A page of quarantined records.
 pub struct QuarantinePage {
     pub items: Vec<Quarantined>,
     /// The `after` of the next page; set when more may follow.
     pub next: Option<u64>,
+}
+
+/// Record bytes one page of the quarantine listing holds at most (past the first
+/// record): records can be as large as `server.max_body_bytes`, 16 MiB at most.
+pub const QUARANTINE_PAGE_BYTES: usize = 8 << 20;
+
+impl QuarantinePage {
+    /// The first `limit` of `records` (in seq order), fewer once their bytes pass
+    /// `QUARANTINE_PAGE_BYTES`.
+    pub fn fill(
+        records: impl Iterator<Item = Result<Quarantined, StoreError>>,
+        limit: usize,
+    ) -> Result<QuarantinePage, StoreError> {
+        let mut page = QuarantinePage {
+            items: Vec::new(),
+            next: None,
+        };
+        let mut bytes = 0;
+        for record in records {
+            if page.items.len() >= limit || bytes > QUARANTINE_PAGE_BYTES {
+                page.next = page.items.last().map(|q| q.seq);
+                break;
+            }
+            let record = record?;
+            bytes += record.raw.len();
+            page.items.push(record);
+        }
+        Ok(page)
+    }
 }
 
 /// Why the store could not do something. Busy, Unavailable and Closed mean "not now":
@@ -351,20 +393,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<usize, StoreError>>;
 
     /// Up to `limit` quarantined records with a seq above `after`, oldest first (fewer
-    /// when their bytes fill a page). Engines that keep none list none (JetStream skips
-    /// an unreadable message, counted in `cbgate_store_malformed_records_total`).
+    /// when their bytes fill `QUARANTINE_PAGE_BYTES`).
     fn quarantined(
         &self,
-        _after: Option<u64>,
-        _limit: usize,
-    ) -> BoxFuture<'_, Result<QuarantinePage, StoreError>> {
-        Box::pin(async {
-            Ok(QuarantinePage {
-                items: Vec::new(),
-                next: None,
-            })
-        })
-    }
+        after: Option<u64>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<QuarantinePage, StoreError>>;
 
     /// One event and where each of its deliveries stands.
     fn event(&self, seq: u64) -> BoxFuture<'_, Result<Option<EventView>, StoreError>>;

@@ -40,8 +40,8 @@ use tokio_util::sync::CancellationToken;
 use self::redb::{Committed, Group, Journal, Update};
 use super::{
     Appended, BoxFuture, Cursor, DeadLetter, DeadPage, EndpointKey, Event, EventView, Feed, Health,
-    Notice, PaymentView, PendingPage, QuarantinePage, Quarantined, Settle, SignedRequest, Store,
-    StoreError,
+    Notice, PaymentView, PendingPage, QuarantinePage, Settle, SignedRequest, Store, StoreError,
+    report_quarantined,
 };
 use crate::callback::Callback;
 use crate::clock::{now_ms, now_s};
@@ -560,18 +560,6 @@ type Reply = (oneshot::Sender<Result<Appended, StoreError>>, Appended);
 
 /// Logs and counts a record just quarantined: once, as a later report of the same
 /// record only adds to its entry.
-fn report_quarantined(record: &Quarantined) {
-    metrics::counter!(m::STORE_QUARANTINED_TOTAL).increment(1);
-    tracing::error!(
-        seq = record.seq,
-        reason = %record.reason,
-        endpoints = ?record.endpoints,
-        bytes = record.raw.len(),
-        "unreadable journal record quarantined (GET /admin/quarantine); its deliveries \
-         are dropped, the other deliveries of its endpoints go on"
-    );
-}
-
 impl Writer {
     fn quarantined(&self, committed: Committed) {
         for record in &committed.quarantined {

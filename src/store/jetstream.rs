@@ -14,8 +14,9 @@
 //!   and settles each message once every endpoint is done, dead, or parked in
 //!   `CBGATE_DLV` with its attempt log; the partition's cursor (`cursor.rs`, in
 //!   `CBGATE_CURSOR`) says how far that got. Dead letters, each with its event, are in
-//!   `CBGATE_DEAD`; a replay is a message `rp.<partition>.<seq>.<endpoint>` delivered
-//!   through the partition's owner.
+//!   `CBGATE_DEAD`, with any message no node could read (`qr.<seq>`, as found); a
+//!   replay is a message `rp.<partition>.<seq>.<endpoint>` delivered through the
+//!   partition's owner.
 //! - Shared by all nodes: paused endpoints and endpoint states (`control.rs`), and
 //!   check_deposit answers (`answers.rs`).
 //!
@@ -46,8 +47,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     Appended, BoxFuture, Cursor, DeadLetter, DeadPage, DeliveryState, EndpointKey, EndpointStatus,
-    Event, EventView, Feed, Health, PaymentView, PendingPage, Settle, SharedAnswers, SignedRequest,
-    StatusSource, Store, StoreError, merge_status,
+    Event, EventView, Feed, Health, PaymentView, PendingPage, QuarantinePage, Settle,
+    SharedAnswers, SignedRequest, StatusSource, Store, StoreError, merge_status,
 };
 use crate::callback::Callback;
 use crate::clock::now_s;
@@ -383,6 +384,35 @@ impl Store for JetStream {
             }
             let next = (items.len() == limit).then(|| Cursor(last.to_string()));
             Ok(DeadPage { items, next })
+        })
+    }
+
+    fn quarantined(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<QuarantinePage, StoreError>> {
+        Box::pin(async move {
+            // Records arrive in the order nodes met them, not by seq: all are read and
+            // sorted (a quarantine is an anomaly, a handful at most).
+            let mut found = Vec::new();
+            let mut from = 1;
+            while let Some(msg) =
+                read::next(&self.streams.dead, names::QUARANTINE_FILTER, from).await?
+            {
+                from = msg.sequence + 1;
+                let record = names::parse_quarantine(&msg.subject)
+                    .and_then(|seq| record::decode_quarantined(seq, &msg.payload));
+                match record {
+                    Some(record) if after.is_none_or(|a| record.seq > a) => found.push(record),
+                    Some(_) => {}
+                    None => {
+                        tracing::error!(subject = %msg.subject, "malformed quarantine record; not listed")
+                    }
+                }
+            }
+            found.sort_by_key(|q| q.seq);
+            QuarantinePage::fill(found.into_iter().map(Ok), limit)
         })
     }
 

@@ -31,7 +31,7 @@ pub enum Engine {
 }
 
 impl Engine {
-    fn storage(&self) -> String {
+    pub fn storage(&self) -> String {
         match self {
             Engine::Embedded => String::new(),
             Engine::JetStream(nats) => nats.storage(),

@@ -1,10 +1,11 @@
-//! A damaged journal record through the real binary (issue 16.4): before, one
+//! A damaged stored record through the real binary (issue 16.4): before, one
 //! undecodable event record stalled its endpoint for good (the worker retried the
 //! read every second). Now it is quarantined, counted, logged once and listed by the
 //! admin API, and every other delivery of the endpoint goes on. The damage is done
 //! honestly: the test opens the stopped gateway's redb file with redb and rewrites
 //! one `events` value (redb checksums its pages, so flipping file bytes would be
-//! refused at open instead of reaching the decoder).
+//! refused at open instead of reaching the decoder). On JetStream, the damage is a
+//! message no cbgate wrote, published into the events stream with a NATS client.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -14,13 +15,14 @@ use std::time::Duration;
 
 use base64::Engine as _;
 
-use crate::contract::{FAST, callback, config};
+use crate::contract::{Engine, FAST, callback, config};
 use crate::endpoint::{Endpoint, Reply};
+use crate::nats::Nats;
 use crate::support::{Gateway, request};
 
 const LONG: Duration = Duration::from_secs(30);
 const QUARANTINED: &str = "cbgate_store_quarantined_total";
-const LOGGED: &str = "unreadable journal record quarantined";
+const LOGGED: &str = "unreadable stored record quarantined";
 
 /// An endpoint answering 503 until `up` is set, then 200.
 fn switchable() -> (Endpoint, Arc<AtomicBool>) {
@@ -184,4 +186,122 @@ fn a_replayed_dead_letter_whose_record_is_damaged_is_quarantined_and_the_others_
     assert_eq!(items[0]["seq"], seq);
     assert_eq!(items[0]["bytes"], 0);
     assert_eq!(g.log().matches(LOGGED).count(), 1, "{}", g.log());
+}
+
+/// Publishes `payload` on `subject` into JetStream at `url`; its stream sequence.
+fn publish(url: &str, subject: String, payload: &'static [u8]) -> u64 {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = async_nats::connect(url).await.expect("nats connects");
+        let js = async_nats::jetstream::new(client);
+        let ack = js.publish(subject, payload.into()).await.unwrap();
+        ack.await.expect("stored").sequence
+    })
+}
+
+/// One callback in each of the gateway's `partitions`, payments named after `tag`,
+/// operations numbered from `first_op`.
+fn one_per_partition(tag: &str, first_op: u64, partitions: u16) -> Vec<Vec<u8>> {
+    use cbgate::store::jetstream::names::partition;
+    let mut found: Vec<Option<String>> = vec![None; partitions as usize];
+    for i in 0.. {
+        let payment = format!("{tag}-{i}");
+        let slot = &mut found[partition(&cbgate::store::lane(77, &payment), partitions) as usize];
+        slot.get_or_insert(payment);
+        if found.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    found
+        .into_iter()
+        .zip(first_op..)
+        .map(|(payment, op)| callback(&payment.unwrap(), op, "kassa24", "success"))
+        .collect()
+}
+
+#[test]
+fn jetstream_quarantines_a_message_it_cannot_read_and_every_partition_goes_on() {
+    const PARTITIONS: u16 = 8;
+    const GARBAGE: &[u8] = b"\x01not an event";
+    let nats = Nats::single();
+    let url = nats.nodes[0].url();
+    let engine = Engine::JetStream(nats);
+    let endpoint = Endpoint::start(|_, _| Reply::Status(200));
+    let mut g = engine.start(&config(FAST, &[("a", &endpoint.url(), "")]));
+    assert!(
+        engine
+            .storage()
+            .contains(&format!("partitions = {PARTITIONS}")),
+        "the test covers every partition"
+    );
+    // A message no cbgate wrote ahead of the callbacks of every partition, and a
+    // replay whose dead letter is not one.
+    let mut seqs: Vec<u64> = (0..PARTITIONS)
+        .map(|p| publish(&url, format!("cb.{p}.garbage.{p}"), GARBAGE))
+        .collect();
+    let endpoint_token =
+        cbgate::store::jetstream::names::endpoint_token(&cbgate::store::EndpointKey::new(77, "a"));
+    let replay = publish(&url, format!("rp.3.999999.{endpoint_token}"), b"");
+    seqs.push(replay);
+    let first = one_per_partition("before", 100, PARTITIONS);
+    for body in &first {
+        g.accept_callback(body);
+    }
+    assert!(endpoint.wait_delivered(first.len(), LONG), "{}", g.log());
+    g.wait_metric(QUARANTINED, &[], LONG, |n| n == seqs.len() as f64);
+    g.wait_idle(LONG);
+    assert_eq!(g.log().matches(LOGGED).count(), seqs.len(), "{}", g.log());
+
+    let items = listed(&g);
+    let listed_seqs: Vec<u64> = items.iter().map(|i| i["seq"].as_u64().unwrap()).collect();
+    assert_eq!(listed_seqs, seqs, "oldest first: {items:?}");
+    let raw = |item: &serde_json::Value| {
+        base64::engine::general_purpose::STANDARD
+            .decode(item["raw_base64"].as_str().unwrap())
+            .unwrap()
+    };
+    for item in &items[..PARTITIONS as usize] {
+        assert_eq!(raw(item), GARBAGE, "kept as found: {item}");
+        assert_eq!(item["endpoints"], serde_json::json!([]));
+        assert!(
+            item["reason"].as_str().unwrap().contains("malformed"),
+            "{item}"
+        );
+    }
+    let last = items.last().unwrap();
+    assert_eq!(
+        (last["seq"].as_u64(), last["bytes"].as_u64()),
+        (Some(replay), Some(0))
+    );
+    assert_eq!(last["endpoints"], serde_json::json!(["77/a"]));
+    // Pages follow `next`.
+    let (status, text) = g.admin_get("/admin/quarantine?limit=4");
+    assert_eq!(status, 200, "{text}");
+    let page: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(page["items"].as_array().unwrap().len(), 4);
+    assert_eq!(page["next"], seqs[3].to_string());
+    let (_, text) = g.admin_get(&format!("/admin/quarantine?after={}", seqs[3]));
+    let page: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(page["items"][0]["seq"], seqs[4], "{text}");
+    assert_eq!(page["items"].as_array().unwrap().len(), seqs.len() - 4);
+
+    // A restart reads every partition on from its cursor: nothing is quarantined again,
+    // and the records stay listed.
+    stop(&mut g);
+    g.spawn();
+    let second = one_per_partition("after", 200, PARTITIONS);
+    for body in &second {
+        g.accept_callback(body);
+    }
+    assert!(
+        endpoint.wait_delivered(first.len() + second.len(), LONG),
+        "{}",
+        g.log()
+    );
+    g.wait_idle(LONG);
+    assert_eq!(g.metric(QUARANTINED, &[]), 0.0, "{}", g.log());
+    assert_eq!(listed(&g).len(), seqs.len());
 }

@@ -64,10 +64,6 @@ const SIGNED_BY_LANE: TableDefinition<(&str, u64, u64), ()> =
     TableDefinition::new("signed_by_lane");
 const QUARANTINE: TableDefinition<u64, &[u8]> = TableDefinition::new("quarantine");
 
-/// Record bytes one page of the quarantine listing holds at most (past the first
-/// record): records can be as large as `server.max_body_bytes`, 16 MiB at most.
-const QUARANTINE_PAGE_BYTES: usize = 8 << 20;
-
 /// The reason given for a pending delivery whose event record is not there at all.
 const MISSING: &str = "its event record is missing";
 
@@ -634,35 +630,24 @@ impl Journal {
         })
     }
 
-    /// Up to `limit` quarantined records with a seq above `after`, oldest first, and
-    /// fewer once their bytes pass `QUARANTINE_PAGE_BYTES`.
+    /// Up to `limit` quarantined records with a seq above `after`, oldest first.
     pub fn quarantined(
         &self,
         after: Option<u64>,
         limit: usize,
     ) -> Result<QuarantinePage, StoreError> {
-        let mut page = QuarantinePage {
-            items: Vec::new(),
-            next: None,
-        };
         let start = match after {
             None => 0,
-            Some(u64::MAX) => return Ok(page),
+            Some(u64::MAX) => return QuarantinePage::fill(std::iter::empty(), limit),
             Some(after) => after + 1,
         };
         let tx = self.read_tx()?;
-        let mut bytes = 0;
-        for row in tx.open_table(QUARANTINE)?.range(start..)? {
-            if page.items.len() >= limit || bytes > QUARANTINE_PAGE_BYTES {
-                page.next = page.items.last().map(|q| q.seq);
-                break;
-            }
+        let table = tx.open_table(QUARANTINE)?;
+        let rows = table.range(start..)?.map(|row| -> Result<_, StoreError> {
             let (k, v) = row?;
-            let record = Entry::decode(v.value()).public(k.value());
-            bytes += record.raw.len();
-            page.items.push(record);
-        }
-        Ok(page)
+            Ok(Entry::decode(v.value()).public(k.value()))
+        });
+        QuarantinePage::fill(rows, limit)
     }
 
     /// Event `seq` and where each of its deliveries stands.

@@ -47,8 +47,11 @@ use super::parked::{Index, Spot};
 use super::read;
 use super::record::{self, Parked};
 use super::setup::{REQUEST_TIMEOUT, Streams};
+use crate::clock::now_ms;
 use crate::metrics as m;
-use crate::store::{EndpointKey, Event, Notice, Settle, StoreError};
+use crate::store::{
+    EndpointKey, Event, Notice, Quarantined, Settle, StoreError, report_quarantined,
+};
 
 /// A delivery held this long without an outcome is parked, so its message settles.
 const PARK_AFTER: Duration = Duration::from_secs(2);
@@ -138,6 +141,11 @@ enum Then {
         seq: u64,
         endpoint: EndpointKey,
         permit: OwnedSemaphorePermit,
+    },
+    /// A quarantine record is written (or failed): message `seq` is settled.
+    Quarantined {
+        partition: u16,
+        seq: u64,
     },
     /// A partition's cursor is written (or, failing, still to write).
     Cursor {
@@ -576,17 +584,16 @@ impl Actor {
         cursor.receive(seq);
         let subject = msg.subject.to_string();
         if subject.starts_with("rp.") {
-            self.replayed(seq, &subject, msg.message.payload, permit)
+            self.replayed(partition, seq, &subject, msg.message.payload, permit)
                 .await;
             return;
         }
         let mut event = match record::decode_event(seq, &msg.message.payload) {
             Ok(event) => event,
             Err(e) => {
-                // Cannot be delivered by any node: skipped, loudly.
-                metrics::counter!(m::STORE_MALFORMED_TOTAL).increment(1);
-                tracing::error!(seq, subject, error = %e, "malformed event message; skipped");
-                self.settled(partition, seq);
+                let raw = msg.message.payload.to_vec();
+                self.quarantine(partition, seq, e.to_string(), Vec::new(), raw)
+                    .await;
                 return;
             }
         };
@@ -641,19 +648,32 @@ impl Actor {
     /// A replayed dead letter: parked with its new round, then announced.
     async fn replayed(
         &mut self,
+        partition: u16,
         body_seq: u64,
         subject: &str,
         payload: Bytes,
         permit: OwnedSemaphorePermit,
     ) {
-        let parsed = names::parse_delivery(subject)
-            .and_then(|(p, seq, ep)| Some((p, seq, ep, record::decode_kept(seq, &payload).ok()?)));
-        let Some((partition, seq, endpoint, (state, event))) = parsed else {
-            tracing::error!(subject, "malformed replay message; skipped");
-            if let Some((partition, _, _)) = names::parse_delivery(subject) {
-                self.settled(partition, body_seq);
-            }
+        let Some((_, seq, endpoint)) = names::parse_delivery(subject) else {
+            let reason = format!("replay message on unknown subject {subject}");
+            self.quarantine(partition, body_seq, reason, Vec::new(), payload.to_vec())
+                .await;
             return;
+        };
+        let (state, event) = match record::decode_kept(seq, &payload) {
+            Ok(kept) => kept,
+            Err(e) => {
+                let endpoints = vec![endpoint.to_string()];
+                self.quarantine(
+                    partition,
+                    body_seq,
+                    e.to_string(),
+                    endpoints,
+                    payload.to_vec(),
+                )
+                .await;
+                return;
+            }
         };
         let spot = Spot {
             partition,
@@ -748,6 +768,33 @@ impl Actor {
                 }
             }
         }
+    }
+
+    /// Message `seq` of `partition` cannot be delivered by any node: kept as found under
+    /// `qr.<seq>` (`GET /admin/quarantine`), then settled so the partition moves on.
+    /// Settled even if the record is not written: the message stays in the events
+    /// stream for the dedup window, and the error is counted and logged.
+    async fn quarantine(
+        &mut self,
+        partition: u16,
+        seq: u64,
+        reason: String,
+        endpoints: Vec<String>,
+        raw: Vec<u8>,
+    ) {
+        metrics::counter!(m::STORE_MALFORMED_TOTAL).increment(1);
+        let record = Quarantined {
+            seq,
+            at_ms: now_ms(),
+            reason,
+            endpoints,
+            raw,
+        };
+        report_quarantined(&record);
+        let payload = record::encode_quarantined(&record);
+        let then = Then::Quarantined { partition, seq };
+        self.write(names::quarantine_subject(seq), payload, None, then)
+            .await;
     }
 
     /// `endpoint` no longer needs held `seq`; the message settles once none does.
@@ -940,6 +987,7 @@ impl Actor {
                     self.parked.remove(&endpoint, seq);
                 }
             }
+            Then::Quarantined { partition, seq } => self.settled(partition, seq),
             Then::Cursor { partition } => {
                 if let Some(owned) = self.owned.get_mut(&partition) {
                     owned.saving = false;
@@ -1130,6 +1178,7 @@ pub async fn fetch(
         return Ok(None);
     }
     let Some(parked) = Parked::decode(&msg.payload) else {
+        metrics::counter!(m::STORE_MALFORMED_TOTAL).increment(1);
         tracing::error!(subject, "malformed delivery record; skipped");
         return Ok(None);
     };

@@ -12,7 +12,7 @@ pub struct Names {
     pub events: String,
     /// Delivery records: `dlv.>`.
     pub deliveries: String,
-    /// Dead letters: `dead.>`.
+    /// Dead letters: `dead.>`; quarantined messages: `qr.>`.
     pub dead: String,
     /// check_deposit answers: `term.>`.
     pub answers: String,
@@ -98,6 +98,19 @@ pub fn dead_subject(seq: u64, endpoint: &EndpointKey) -> String {
     format!("dead.{seq}.{}", endpoint_token(endpoint))
 }
 
+/// An events-stream message no node could read, kept as found (in the dead stream:
+/// no age limit, one record per message however many nodes met it).
+pub fn quarantine_subject(seq: u64) -> String {
+    format!("qr.{seq}")
+}
+
+pub const QUARANTINE_FILTER: &str = "qr.>";
+
+/// The events-stream seq of a `qr.` subject.
+pub fn parse_quarantine(subject: &str) -> Option<u64> {
+    subject.strip_prefix("qr.")?.parse().ok()
+}
+
 /// Dead letters of one endpoint, or all.
 pub fn dead_filter(endpoint: Option<&EndpointKey>) -> String {
     match endpoint {
@@ -155,6 +168,8 @@ mod tests {
 
     #[test]
     fn subjects_round_trip_and_partitions_are_stable() {
+        assert_eq!(parse_quarantine(&quarantine_subject(42)), Some(42));
+        assert_eq!(parse_quarantine("qr.x"), None);
         let ep = EndpointKey::new(77, "led.ger-1");
         let token = endpoint_token(&ep);
         assert_eq!(endpoint_from_token(&token), Some(ep.clone()));

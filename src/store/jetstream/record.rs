@@ -3,13 +3,15 @@
 //!   `body_seq` being the events-stream sequence of the message that holds the event
 //!   (its own `cb.` message, or the `rp.` message of a replay), `lane` its order key;
 //! - a kept event (`dead.` dead letters, `rp.` replays): `version u8 | state len u32 |
-//!   state | event record`.
+//!   state | event record`;
+//! - a quarantined message (`qr.`): `version u8 | at_ms u64 | reason (u16 len) |
+//!   endpoint count u16 | each endpoint (u16 len) | the message's bytes as found`.
 //!
 //! Integers little-endian; decoding any bytes never panics.
 
 use bytes::Bytes;
 
-use crate::store::{Event, StoreError, record};
+use crate::store::{EndpointKey, Event, Quarantined, StoreError, record};
 
 const VERSION: u8 = 1;
 
@@ -80,6 +82,56 @@ pub fn decode_kept(seq: u64, raw: &Bytes) -> Result<(Vec<u8>, Event), StoreError
     Ok((state, record::decode_shared(seq, &event)?))
 }
 
+/// A quarantine record; `seq` is in its subject.
+pub fn encode_quarantined(q: &Quarantined) -> Bytes {
+    fn text(out: &mut Vec<u8>, s: &str) {
+        let b = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
+        out.extend_from_slice(&(b.len() as u16).to_le_bytes());
+        out.extend_from_slice(b);
+    }
+    let mut out = Vec::with_capacity(64 + q.reason.len() + q.raw.len());
+    out.push(VERSION);
+    out.extend_from_slice(&q.at_ms.to_le_bytes());
+    text(&mut out, &q.reason);
+    let endpoints = &q.endpoints[..q.endpoints.len().min(u16::MAX as usize)];
+    out.extend_from_slice(&(endpoints.len() as u16).to_le_bytes());
+    for endpoint in endpoints {
+        text(&mut out, endpoint);
+    }
+    out.extend_from_slice(&q.raw);
+    out.into()
+}
+
+/// The quarantine record of message `seq`; `None` if `raw` is not one.
+pub fn decode_quarantined(seq: u64, raw: &[u8]) -> Option<Quarantined> {
+    fn take<'a>(rest: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, tail) = (rest.get(..n)?, rest.get(n..)?);
+        *rest = tail;
+        Some(head)
+    }
+    fn text(rest: &mut &[u8]) -> Option<String> {
+        let len = u16::from_le_bytes(take(rest, 2)?.try_into().ok()?) as usize;
+        Some(std::str::from_utf8(take(rest, len)?).ok()?.to_string())
+    }
+    let mut rest = raw;
+    if take(&mut rest, 1)? != [VERSION] {
+        return None;
+    }
+    let at_ms = u64::from_le_bytes(take(&mut rest, 8)?.try_into().ok()?);
+    let reason = text(&mut rest)?;
+    let count = u16::from_le_bytes(take(&mut rest, 2)?.try_into().ok()?);
+    let endpoints = (0..count)
+        .map(|_| text(&mut rest).filter(|e| EndpointKey::parse(e).is_some()))
+        .collect::<Option<Vec<String>>>()?;
+    Some(Quarantined {
+        seq,
+        at_ms,
+        reason,
+        endpoints,
+        raw: rest.to_vec(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,5 +169,31 @@ mod tests {
         for cut in 0..kept.len() - event.body.len() {
             assert!(decode_kept(3, &kept.slice(..cut)).is_err(), "cut {cut}");
         }
+    }
+
+    #[test]
+    fn quarantine_records_round_trip_and_damaged_ones_are_refused() {
+        let q = Quarantined {
+            seq: 12,
+            at_ms: 1_700_000_000_000,
+            reason: "stored record #12 is malformed".into(),
+            endpoints: vec!["77/a".into()],
+            raw: b"\x01torn".to_vec(),
+        };
+        let raw = encode_quarantined(&q);
+        assert_eq!(decode_quarantined(12, &raw), Some(q.clone()));
+        let fixed = raw.len() - q.raw.len();
+        for cut in 0..fixed {
+            assert_eq!(decode_quarantined(12, &raw[..cut]), None, "cut {cut}");
+        }
+        let empty = Quarantined {
+            endpoints: Vec::new(),
+            raw: Vec::new(),
+            ..q
+        };
+        assert_eq!(
+            decode_quarantined(12, &encode_quarantined(&empty)),
+            Some(empty)
+        );
     }
 }

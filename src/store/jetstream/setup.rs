@@ -162,8 +162,8 @@ async fn try_ensure(
     };
     let dead = stream::Config {
         name: names.dead.clone(),
-        description: Some("cbgate: dead letters, each with its event".into()),
-        subjects: vec!["dead.>".into()],
+        description: Some("cbgate: dead letters, each with its event; quarantined messages".into()),
+        subjects: vec!["dead.>".into(), super::names::QUARANTINE_FILTER.into()],
         max_messages_per_subject: 1,
         allow_rollup: true,
         num_replicas: replicas,
