@@ -8,9 +8,13 @@
 //! With `--rate` the connections together send R requests/s on a fixed schedule, and a
 //! request held back by a slow answer counts its latency from its scheduled time.
 
+#[path = "report.rs"]
+mod report;
+
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use report::{Schedule, Tally, read_answer};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 struct Args {
@@ -76,107 +80,43 @@ async fn main() {
     let request = std::sync::Arc::new(request);
     let deadline = Instant::now() + Duration::from_secs(a.seconds);
     let started = Instant::now();
-    let gap = a
-        .rate
-        .map(|r| Duration::from_secs_f64(a.connections as f64 / r));
     let tasks: Vec<_> = (0..a.connections)
         .map(|c| {
-            let mut due = gap.map(|g| started + g.mul_f64(c as f64 / a.connections as f64));
+            let mut schedule = Schedule::new(a.rate, a.connections, c, started);
             let (host, request) = (host.clone(), request.clone());
             tokio::spawn(async move {
-                let mut lat = Vec::new();
-                let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
+                let mut tally = Tally::default();
                 let mut conn: Option<BufReader<TcpStream>> = None;
                 let mut line = String::new();
                 while Instant::now() < deadline {
-                    let t = match (&mut due, gap) {
-                        (Some(due), Some(gap)) => {
-                            let scheduled = *due;
-                            *due += gap;
-                            if Instant::now() >= scheduled {
-                                scheduled
-                            } else {
-                                tokio::time::sleep_until(scheduled.into()).await;
-                                Instant::now()
-                            }
-                        }
-                        _ => Instant::now(),
-                    };
+                    let t = schedule.next().await;
                     let c = match conn.as_mut() {
                         Some(c) => c,
                         None => conn.insert(connect(&host).await),
                     };
                     if c.get_mut().write_all(&request).await.is_err() {
                         conn = None;
-                        *statuses.entry(0).or_default() += 1;
+                        tally.failed();
                         continue;
                     }
-                    line.clear();
-                    if c.read_line(&mut line).await.unwrap_or(0) == 0 {
+                    let Some(answer) = read_answer(c, &mut line).await else {
                         conn = None;
-                        *statuses.entry(0).or_default() += 1;
+                        tally.failed();
                         continue;
-                    }
-                    let status: u16 = line
-                        .split(' ')
-                        .nth(1)
-                        .and_then(|x| x.parse().ok())
-                        .unwrap_or(0);
-                    let (mut len, mut close) = (0usize, false);
-                    loop {
-                        line.clear();
-                        c.read_line(&mut line).await.unwrap();
-                        let l = line.trim_end();
-                        if l.is_empty() {
-                            break;
-                        }
-                        if let Some((k, v)) = l.split_once(':') {
-                            if k.eq_ignore_ascii_case("content-length") {
-                                len = v.trim().parse().unwrap();
-                            } else if k.eq_ignore_ascii_case("connection") {
-                                close = v.trim().eq_ignore_ascii_case("close");
-                            }
-                        }
-                    }
-                    let mut rest = vec![0; len];
-                    c.read_exact(&mut rest).await.unwrap();
-                    if close {
+                    };
+                    if answer.close {
                         conn = None;
                     }
-                    lat.push(t.elapsed());
-                    *statuses.entry(status).or_default() += 1;
+                    tally.record(answer.status, t.elapsed());
                 }
-                (lat, statuses)
+                tally
             })
         })
         .collect();
-    let mut lat = Vec::new();
-    let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
+    let mut tally = Tally::default();
     for t in tasks {
-        let (l, s) = t.await.unwrap();
-        lat.extend(l);
-        for (k, v) in s {
-            *statuses.entry(k).or_default() += v;
-        }
+        tally.merge(t.await.unwrap());
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    lat.sort();
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .map(|d| d.as_secs_f64() * 1000.0)
-            .unwrap_or(0.0)
-    };
-    println!(
-        "{{\"sent\":{},\"statuses\":{:?},\"rps\":{:.0},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"seconds\":{:.2}}}",
-        lat.len(),
-        statuses
-            .iter()
-            .map(|(k, v)| format!("{k}:{v}"))
-            .collect::<Vec<_>>(),
-        lat.len() as f64 / elapsed,
-        pct(0.5),
-        pct(0.99),
-        pct(0.999),
-        elapsed
-    );
+    let labels = tally.labels();
+    report::print(tally.lat, &labels, started);
 }

@@ -8,9 +8,13 @@
 //! a stall is not hidden by the requests it delayed. Several URLs (gateway nodes) share
 //! the connections in turn.
 
+#[path = "report.rs"]
+mod report;
+
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use report::{Schedule, Tally, read_answer};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 struct Args {
@@ -92,18 +96,13 @@ async fn main() {
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let deadline = Instant::now() + Duration::from_secs(a.seconds);
     let started = Instant::now();
-    // Each connection's gap between sends, and its offset so they do not send together.
-    let gap = a
-        .rate
-        .map(|r| Duration::from_secs_f64(a.connections as f64 / r));
     let tasks: Vec<_> = (0..a.connections)
         .map(|c| {
-            let mut due = gap.map(|g| started + g.mul_f64(c as f64 / a.connections as f64));
+            let mut schedule = Schedule::new(a.rate, a.connections, c, started);
             let (host, path) = targets[c % targets.len()].clone();
             let (bodies, next, secret) = (bodies.clone(), next.clone(), secret.clone());
             tokio::spawn(async move {
-                let mut lat = Vec::new();
-                let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
+                let mut tally = Tally::default();
                 let stream = TcpStream::connect(&host).await.expect("connect");
                 stream.set_nodelay(true).unwrap();
                 let mut conn = BufReader::new(stream);
@@ -128,77 +127,25 @@ async fn main() {
                     // One write, as curl and hyper clients send a small request.
                     let mut request = head.into_bytes();
                     request.extend_from_slice(body);
-                    let t = match (&mut due, gap) {
-                        (Some(due), Some(gap)) => {
-                            let scheduled = *due;
-                            *due += gap;
-                            if Instant::now() >= scheduled {
-                                // Held back by the previous answer: that wait counts.
-                                scheduled
-                            } else {
-                                // The timer wakes up to 1 ms late; that wait does not.
-                                tokio::time::sleep_until(scheduled.into()).await;
-                                Instant::now()
-                            }
-                        }
-                        _ => Instant::now(),
-                    };
+                    let t = schedule.next().await;
                     conn.get_mut().write_all(&request).await.unwrap();
-                    line.clear();
-                    if conn.read_line(&mut line).await.unwrap_or(0) == 0 {
+                    let Some(answer) = read_answer(&mut conn, &mut line).await else {
+                        tally.failed();
+                        break;
+                    };
+                    tally.record(answer.status, t.elapsed());
+                    if answer.close {
                         break;
                     }
-                    let status: u16 = line.split(' ').nth(1).and_then(|x| x.parse().ok()).unwrap_or(0);
-                    let mut len = 0usize;
-                    loop {
-                        line.clear();
-                        conn.read_line(&mut line).await.unwrap();
-                        let l = line.trim_end();
-                        if l.is_empty() {
-                            break;
-                        }
-                        if let Some((k, v)) = l.split_once(':')
-                            && k.eq_ignore_ascii_case("content-length")
-                        {
-                            len = v.trim().parse().unwrap();
-                        }
-                    }
-                    let mut rest = vec![0; len];
-                    conn.read_exact(&mut rest).await.unwrap();
-                    lat.push(t.elapsed());
-                    *statuses.entry(status).or_default() += 1;
                 }
-                (lat, statuses)
+                tally
             })
         })
         .collect();
-    let mut lat = Vec::new();
-    let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
+    let mut tally = Tally::default();
     for t in tasks {
-        let (l, s) = t.await.unwrap();
-        lat.extend(l);
-        for (k, v) in s {
-            *statuses.entry(k).or_default() += v;
-        }
+        tally.merge(t.await.unwrap());
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    lat.sort();
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .map(|d| d.as_secs_f64() * 1000.0)
-            .unwrap_or(0.0)
-    };
-    println!(
-        "{{\"sent\":{},\"statuses\":{:?},\"rps\":{:.0},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"seconds\":{:.2}}}",
-        lat.len(),
-        statuses
-            .iter()
-            .map(|(k, v)| format!("{k}:{v}"))
-            .collect::<Vec<_>>(),
-        lat.len() as f64 / elapsed,
-        pct(0.5),
-        pct(0.99),
-        pct(0.999),
-        elapsed
-    );
+    let labels = tally.labels();
+    report::print(tally.lat, &labels, started);
 }

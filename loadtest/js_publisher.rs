@@ -10,6 +10,10 @@
 //! events stream, and prints one JSON line like `callback_load`: sent, req/s,
 //! p50/p99/p99.9 latency.
 
+#[path = "report.rs"]
+#[allow(dead_code)] // only `print` here: the other parts are for HTTP tools
+mod report;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -140,22 +144,10 @@ async fn main() {
         lat.extend(l);
         errors += e;
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    lat.sort();
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .map(|d| d.as_secs_f64() * 1000.0)
-            .unwrap_or(0.0)
-    };
-    println!(
-        "{{\"sent\":{},\"statuses\":[\"200:{}\",\"error:{errors}\",\"read:{}\"],\"rps\":{:.0},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"seconds\":{:.2}}}",
-        lat.len(),
-        lat.len(),
-        read.load(Ordering::Relaxed),
-        lat.len() as f64 / elapsed,
-        pct(0.5),
-        pct(0.99),
-        pct(0.999),
-        elapsed
-    );
+    let statuses = [
+        format!("200:{}", lat.len()),
+        format!("error:{errors}"),
+        format!("read:{}", read.load(Ordering::Relaxed)),
+    ];
+    report::print(lat, &statuses, started);
 }
