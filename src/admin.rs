@@ -242,7 +242,9 @@ async fn deliveries(
             let Ok(project) = project.parse::<u64>() else {
                 return not_found("no such project");
             };
-            let payment_id = percent_decode(payment_id);
+            let payment_id = percent_encoding::percent_decode_str(payment_id)
+                .decode_utf8_lossy()
+                .into_owned();
             let view = store.payment(project, payment_id.clone()).await?;
             Ok((
                 StatusCode::OK,
@@ -293,39 +295,15 @@ fn event_json(view: &EventView) -> Value {
     })
 }
 
-/// A URL query string, percent-decoded on lookup.
+/// A URL query string, form-decoded on lookup.
 struct Query(String);
 
 impl Query {
     fn get(&self, name: &str) -> Option<String> {
-        self.0.split('&').find_map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (k == name).then(|| percent_decode(v))
-        })
+        form_urlencoded::parse(self.0.as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push((h * 16 + l) as u8);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Compares digests of both sides, so neither length nor content leaks by timing.

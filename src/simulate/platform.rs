@@ -188,9 +188,8 @@ fn new_otp() -> String {
 fn page(world: &World, query: &str) -> Response<Full<Bytes>> {
     let mut params = serde_json::Map::new();
     let mut text = String::from("{");
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let (k, v) = (form_decode(k), form_decode(v));
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        let (k, v) = (k.into_owned(), v.into_owned());
         if text.len() > 1 {
             text.push(',');
         }
@@ -227,28 +226,4 @@ fn page(world: &World, query: &str) -> Response<Full<Bytes>> {
             refused("Invalid signature")
         }
     }
-}
-
-/// `application/x-www-form-urlencoded` text: `+` is a space, `%XX` a byte.
-fn form_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push((h * 16 + l) as u8);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }

@@ -508,13 +508,7 @@ impl Actor {
         }
         // Park what is held, then write the cursor: the next owner starts where this
         // one stopped, with nothing handled twice.
-        let seqs: Vec<u64> = self
-            .held
-            .iter()
-            .filter(|(_, h)| h.partition == partition)
-            .map(|(seq, _)| *seq)
-            .collect();
-        for seq in seqs {
+        for seq in self.held_of(partition) {
             self.park(seq, None).await;
         }
         self.after_writes(Cmd::Parked { partition, reply });
@@ -532,6 +526,15 @@ impl Actor {
         });
     }
 
+    /// The messages of `partition` in hand.
+    fn held_of(&self, partition: u16) -> Vec<u64> {
+        self.held
+            .iter()
+            .filter(|(_, h)| h.partition == partition)
+            .map(|(seq, _)| *seq)
+            .collect()
+    }
+
     /// Drops everything of `partition` from memory.
     fn forget(&mut self, partition: u16) {
         if let Some(owned) = self.owned.remove(&partition)
@@ -539,13 +542,7 @@ impl Actor {
         {
             reader.abort();
         }
-        let gone: Vec<u64> = self
-            .held
-            .iter()
-            .filter(|(_, h)| h.partition == partition)
-            .map(|(seq, _)| *seq)
-            .collect();
-        for seq in gone {
+        for seq in self.held_of(partition) {
             if let Some(h) = self.held.remove(&seq) {
                 self.outstanding -= h.outstanding.len();
             }
