@@ -135,7 +135,9 @@ pub struct Quarantined {
     pub raw: Vec<u8>,
 }
 
-/// Counts and logs (once, where it is quarantined) a record moved out of delivery.
+/// Counts and logs a record just moved out of delivery. The embedded engine reports
+/// each once; on JetStream a node taking a partition over before its cursor was saved
+/// reports it again (one record is kept).
 pub(crate) fn report_quarantined(record: &Quarantined) {
     metrics::counter!(crate::metrics::STORE_QUARANTINED_TOTAL).increment(1);
     tracing::error!(

@@ -558,8 +558,6 @@ struct Writer {
 
 type Reply = (oneshot::Sender<Result<Appended, StoreError>>, Appended);
 
-/// Logs and counts a record just quarantined: once, as a later report of the same
-/// record only adds to its entry.
 impl Writer {
     fn quarantined(&self, committed: Committed) {
         for record in &committed.quarantined {
