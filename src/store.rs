@@ -297,7 +297,8 @@ pub enum Notice {
         paused: bool,
     },
     /// The pending delivery of event `seq` at `endpoint` left the store without an
-    /// outcome (the event could not be read and was quarantined): it counts no more.
+    /// outcome (its event could not be read: quarantined, or expired with the dedup
+    /// window): it counts no more.
     Dropped {
         endpoint: EndpointKey,
         seq: u64,
