@@ -128,14 +128,21 @@ impl Drop for SeedOnPanic {
     }
 }
 
+/// A connection to the gateway; `None` once it is being killed (refused before that
+/// fails the test).
+fn open(addr: SocketAddr, killing: &AtomicBool) -> Option<Conn> {
+    let conn = Conn::open(addr).ok();
+    assert!(
+        conn.is_some() || killing.load(Ordering::Acquire),
+        "gateway refused before the kill"
+    );
+    conn
+}
+
 /// Sends callbacks until the connection goes (the kill), recording every answer.
 fn post_callbacks(addr: SocketAddr, ledger: &Mutex<Ledger>, killing: &AtomicBool, seed: u64) {
     let mut rng = fastrand::Rng::with_seed(seed);
-    let Ok(mut conn) = Conn::open(addr) else {
-        assert!(
-            killing.load(Ordering::Acquire),
-            "gateway refused before the kill"
-        );
+    let Some(mut conn) = open(addr, killing) else {
         return;
     };
     loop {
@@ -171,11 +178,7 @@ fn post_callbacks(addr: SocketAddr, ledger: &Mutex<Ledger>, killing: &AtomicBool
 /// Sends terminal requests until the connection goes: each answer must be a defined
 /// one (200, JSON with a code) while the gateway lives.
 fn post_terminal(addr: SocketAddr, ledger: &Mutex<Ledger>, killing: &AtomicBool) {
-    let Ok(mut conn) = Conn::open(addr) else {
-        assert!(
-            killing.load(Ordering::Acquire),
-            "gateway refused before the kill"
-        );
+    let Some(mut conn) = open(addr, killing) else {
         return;
     };
     loop {

@@ -975,15 +975,8 @@ mod tests {
 
     #[test]
     fn a_long_sweep_goes_a_chunk_per_commit_until_done() {
-        let dir = tempfile::tempdir().unwrap();
-        let journal = Journal::open(dir.path(), false, 1 << 20).unwrap();
         let n = 2 * SWEEP_CHUNK as u64 + 10;
-        commit(
-            &journal,
-            (1..=n).map(|s| (event(s, &[]), 100)).collect(),
-            vec![],
-            None,
-        );
+        let (_dir, journal) = journal_with((1..=n).map(|s| (event(s, &[]), 100)).collect());
         let left = || {
             (1..=n)
                 .filter(|&s| journal.event(s).unwrap().is_some())
@@ -999,21 +992,14 @@ mod tests {
 
     #[test]
     fn a_sweep_drops_the_events_only_their_expired_keys_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let journal = Journal::open(dir.path(), false, 1 << 20).unwrap();
-        commit(
-            &journal,
-            vec![
-                (event(1, &[]), 100),         // unrouted
-                (event(2, &["a"]), 100),      // still pending
-                (event(3, &["a"]), 100),      // delivered below
-                (event(4, &["b"]), 100),      // a dead letter below
-                (event(5, &[]), 300),         // its key lives on
-                (event(6, &["a", "b"]), 100), // delivered to a, dead at b
-            ],
-            vec![],
-            None,
-        );
+        let (_dir, journal) = journal_with(vec![
+            (event(1, &[]), 100),         // unrouted
+            (event(2, &["a"]), 100),      // still pending
+            (event(3, &["a"]), 100),      // delivered below
+            (event(4, &["b"]), 100),      // a dead letter below
+            (event(5, &[]), 300),         // its key lives on
+            (event(6, &["a", "b"]), 100), // delivered to a, dead at b
+        ]);
         commit(
             &journal,
             vec![],
@@ -1144,6 +1130,14 @@ mod tests {
         assert!(journal.event(1).unwrap().is_none());
     }
 
+    /// A fresh journal in a directory of its own, holding `events`.
+    fn journal_with(events: Vec<(Event, u32)>) -> (tempfile::TempDir, Journal) {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path(), false, 1 << 20).unwrap();
+        commit(&journal, events, vec![], None);
+        (dir, journal)
+    }
+
     fn overwrite(journal: &Journal, seq: u64, raw: &[u8]) {
         journal.overwrite_record(seq, raw);
     }
@@ -1154,18 +1148,11 @@ mod tests {
 
     #[test]
     fn recovery_quarantines_an_unreadable_record_and_keeps_the_rest_pending() {
-        let dir = tempfile::tempdir().unwrap();
-        let journal = Journal::open(dir.path(), false, 1 << 20).unwrap();
-        commit(
-            &journal,
-            vec![
-                (event(1, &["a"]), 100),
-                (event(2, &["a", "b"]), 100),
-                (event(3, &["a"]), 100),
-            ],
-            vec![],
-            None,
-        );
+        let (_dir, journal) = journal_with(vec![
+            (event(1, &["a"]), 100),
+            (event(2, &["a", "b"]), 100),
+            (event(3, &["a"]), 100),
+        ]);
         let garbage = b"\x07 not a record".to_vec();
         overwrite(&journal, 2, &garbage);
         let recovered = journal.recover(0).unwrap();
@@ -1195,18 +1182,11 @@ mod tests {
 
     #[test]
     fn a_read_reports_an_unreadable_record_and_its_quarantine_drops_every_delivery_of_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let journal = Journal::open(dir.path(), false, 1 << 20).unwrap();
-        commit(
-            &journal,
-            vec![
-                (event(1, &["a"]), 100),
-                (event(2, &["a", "b"]), 100),
-                (event(3, &["a", "b"]), 100),
-            ],
-            vec![],
-            None,
-        );
+        let (_dir, journal) = journal_with(vec![
+            (event(1, &["a"]), 100),
+            (event(2, &["a", "b"]), 100),
+            (event(3, &["a", "b"]), 100),
+        ]);
         // Cut inside the order key: a torn record.
         let whole = record::encode(&event(2, &["a", "b"]));
         overwrite(&journal, 2, &whole[..37]);
@@ -1268,14 +1248,7 @@ mod tests {
 
     #[test]
     fn a_sweep_quarantines_an_unreadable_record_instead_of_failing_every_commit() {
-        let dir = tempfile::tempdir().unwrap();
-        let journal = Journal::open(dir.path(), false, 1 << 20).unwrap();
-        commit(
-            &journal,
-            vec![(event(1, &[]), 100), (event(2, &["a"]), 100)],
-            vec![],
-            None,
-        );
+        let (_dir, journal) = journal_with(vec![(event(1, &[]), 100), (event(2, &["a"]), 100)]);
         overwrite(&journal, 1, b"\x01short");
         overwrite(&journal, 2, b"\x01short");
         // Its key expired: the sweep releases event 1, and the delivery of event 2 is
@@ -1319,15 +1292,8 @@ mod tests {
             ),
             state in proptest::collection::vec(proptest::num::u8::ANY, 0..40),
         ) {
-            let dir = tempfile::tempdir().unwrap();
-            let journal = Journal::open(dir.path(), false, 1 << 20).unwrap();
             let n = records.len() as u64;
-            commit(
-                &journal,
-                (1..=n).map(|s| (event(s, &["a"]), 100)).collect(),
-                vec![],
-                None,
-            );
+            let (_dir, journal) = journal_with((1..=n).map(|s| (event(s, &["a"]), 100)).collect());
             for (i, raw) in records.iter().enumerate() {
                 overwrite(&journal, i as u64 + 1, raw);
             }
