@@ -204,6 +204,15 @@ pub struct Journal {
     sweeping: std::sync::Mutex<Option<u32>>,
 }
 
+/// The seq the next event gets, as `tx` sees it.
+fn next_seq_in(tx: &ReadTransaction) -> Result<u64, StoreError> {
+    Ok(tx
+        .open_table(META)?
+        .get("next_seq")?
+        .map(|v| v.value())
+        .unwrap_or(1))
+}
+
 fn reopening() -> StoreError {
     StoreError::Unavailable("journal: being reopened after a failed write".into())
 }
@@ -336,12 +345,7 @@ impl Journal {
     }
 
     fn next_seq(&self) -> Result<u64, StoreError> {
-        let tx = self.read_tx()?;
-        Ok(tx
-            .open_table(META)?
-            .get("next_seq")?
-            .map(|v| v.value())
-            .unwrap_or(1))
+        next_seq_in(&self.read_tx()?)
     }
 
     /// The mark is `seq` twice (the second inverted): a torn mark reads as none.
@@ -561,11 +565,7 @@ impl Journal {
     pub fn recover(&self, now_s: u32) -> Result<Recovery, StoreError> {
         let (next_seq, dedup, mut pending, damaged) = {
             let tx = self.read_tx()?;
-            let next_seq = tx
-                .open_table(META)?
-                .get("next_seq")?
-                .map(|v| v.value())
-                .unwrap_or(1);
+            let next_seq = next_seq_in(&tx)?;
             let dedup: Vec<(DedupKey, u32)> = tx
                 .open_table(DEDUP)?
                 .range((now_s.saturating_add(1), 0)..)?
@@ -764,11 +764,7 @@ impl Journal {
         limit: usize,
     ) -> Result<(crate::store::PendingPage, Vec<Damaged>), StoreError> {
         let tx = self.read_tx()?;
-        let next_seq = tx
-            .open_table(META)?
-            .get("next_seq")?
-            .map(|v| v.value())
-            .unwrap_or(1);
+        let next_seq = next_seq_in(&tx)?;
         let deliveries = tx.open_table(DELIVERIES)?;
         let events = tx.open_table(EVENTS)?;
         let mut rows = Vec::new();
