@@ -297,8 +297,7 @@ pub enum Notice {
         paused: bool,
     },
     /// The pending delivery of event `seq` at `endpoint` left the store without an
-    /// outcome (its event could not be read: quarantined, or expired with the dedup
-    /// window): it counts no more.
+    /// outcome (the event could not be read and was quarantined): it counts no more.
     Dropped {
         endpoint: EndpointKey,
         seq: u64,

@@ -215,30 +215,24 @@ async fn watch_health(
 }
 
 impl JetStream {
-    /// The parked delivery rows, read back with their events; rows with nothing to
-    /// send (done, expired, damaged) leave the index and the endpoint's count.
+    /// The parked delivery rows, read back with their events.
     async fn read_parked(
         &self,
         endpoint: &EndpointKey,
         rows: Vec<(u64, parked::Spot)>,
     ) -> Result<Vec<(Event, Vec<u8>)>, StoreError> {
         let streams = &self.streams;
-        let seqs: Vec<u64> = rows.iter().map(|(seq, _)| *seq).collect();
         let reads = futures_util::stream::iter(rows.into_iter().map(|(seq, spot)| {
             ledger::fetch(streams, endpoint, seq, spot.partition, spot.body_seq)
         }))
         .buffered(READ_CONCURRENCY)
         .collect::<Vec<_>>()
         .await;
-        let (mut out, mut unreadable) = (Vec::new(), Vec::new());
-        for (read, seq) in reads.into_iter().zip(seqs) {
-            match read? {
-                Some(row) => out.push(row),
-                None => unreadable.push(seq),
+        let mut out = Vec::new();
+        for read in reads {
+            if let Some(row) = read? {
+                out.push(row);
             }
-        }
-        if !unreadable.is_empty() {
-            self.ledger.unreadable(endpoint.clone(), unreadable)?;
         }
         Ok(out)
     }

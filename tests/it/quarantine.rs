@@ -188,24 +188,15 @@ fn a_replayed_dead_letter_whose_record_is_damaged_is_quarantined_and_the_others_
     assert_eq!(g.log().matches(LOGGED).count(), 1, "{}", g.log());
 }
 
-/// Runs `f` with a JetStream context on the server at `url`.
-fn with_js<T, F: std::future::Future<Output = T>>(
-    url: &str,
-    f: impl FnOnce(async_nats::jetstream::Context) -> F,
-) -> T {
+/// Publishes `payload` on `subject` into JetStream at `url`; its stream sequence.
+fn publish(url: &str, subject: String, payload: &'static [u8]) -> u64 {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async {
         let client = async_nats::connect(url).await.expect("nats connects");
-        f(async_nats::jetstream::new(client)).await
-    })
-}
-
-/// Publishes `payload` on `subject` into JetStream at `url`; its stream sequence.
-fn publish(url: &str, subject: String, payload: &'static [u8]) -> u64 {
-    with_js(url, |js| async move {
+        let js = async_nats::jetstream::new(client);
         let ack = js.publish(subject, payload.into()).await.unwrap();
         ack.await.expect("stored").sequence
     })
@@ -313,47 +304,4 @@ fn jetstream_quarantines_a_message_it_cannot_read_and_every_partition_goes_on() 
     g.wait_idle(LONG);
     assert_eq!(g.metric(QUARANTINED, &[]), 0.0, "{}", g.log());
     assert_eq!(listed(&g).len(), seqs.len());
-}
-
-#[test]
-fn jetstream_parked_deliveries_whose_events_are_gone_leave_the_count_and_the_rest_flows() {
-    // Events expire with the dedup window; a delivery parked longer than that has
-    // nothing left to send. Before, such rows stayed counted (the endpoint never went
-    // idle) and, filling a page, were read back again and again.
-    let nats = Nats::single();
-    let url = nats.nodes[0].url();
-    let engine = Engine::JetStream(nats);
-    let (endpoint, up) = switchable();
-    // Two in memory: the worker reads the parked rows back two at a time.
-    let delivery = format!("{FAST}\nmax_queued = 2");
-    let mut g = engine.start(&config(&delivery, &[("a", &endpoint.url(), "")]));
-    let gone: Vec<Vec<u8>> = (1..=6)
-        .map(|i| callback(&format!("gone-{i}"), 300 + i, "kassa24", "success"))
-        .collect();
-    for body in &gone {
-        g.accept_callback(body);
-    }
-    // A graceful stop parks every delivery still held.
-    stop(&mut g);
-    // As the stream's max_age does after the dedup window (1 minute at the least).
-    let purged = with_js(&url, |js| async move {
-        let stream = js.get_stream("CBGATE").await.unwrap();
-        stream.purge().filter("cb.>").await.unwrap().purged
-    });
-    assert_eq!(purged, gone.len() as u64);
-
-    up.store(true, Ordering::Release);
-    g.spawn();
-    let kept: Vec<Vec<u8>> = (1..=3)
-        .map(|i| callback(&format!("kept-{i}"), 400 + i, "kassa24", "success"))
-        .collect();
-    for body in &kept {
-        g.accept_callback(body);
-    }
-    assert!(endpoint.wait_delivered(kept.len(), LONG), "{}", g.log());
-    let expired = "cbgate_delivery_expired_total";
-    g.wait_metric(expired, &[("endpoint", "77/a")], LONG, |n| n == 6.0);
-    g.wait_idle(LONG);
-    let kept: HashSet<Vec<u8>> = kept.into_iter().collect();
-    assert_eq!(delivered(&endpoint), kept);
 }

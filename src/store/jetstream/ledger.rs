@@ -105,12 +105,6 @@ enum Cmd {
         seq: u64,
         endpoint: EndpointKey,
     },
-    /// Parked deliveries of `endpoint` whose record or event could not be read (done,
-    /// expired or damaged): nothing is left to send.
-    Unreadable {
-        endpoint: EndpointKey,
-        seqs: Vec<u64>,
-    },
     Written {
         id: u64,
         ok: bool,
@@ -323,13 +317,6 @@ impl Ledger {
         })
     }
 
-    /// Parked deliveries that `fetch` found nothing to send for: they leave the index
-    /// before the endpoint's next read (the actor takes commands in order), so a page
-    /// of them is not read again and again, and leave the endpoint's count.
-    pub fn unreadable(&self, endpoint: EndpointKey, seqs: Vec<u64>) -> Result<(), StoreError> {
-        self.send(Cmd::Unreadable { endpoint, seqs })
-    }
-
     fn send(&self, cmd: Cmd) -> Result<(), StoreError> {
         self.tx.send(cmd).map_err(|_| StoreError::Closed)
     }
@@ -375,14 +362,6 @@ impl Actor {
                     outcome,
                 } => self.settle(event, endpoint, outcome).await,
                 Cmd::Defer { seq, endpoint } => self.park(seq, Some(&endpoint)).await,
-                Cmd::Unreadable { endpoint, seqs } => {
-                    for seq in seqs {
-                        if self.parked.remove(&endpoint, seq).is_some() {
-                            let endpoint = endpoint.clone();
-                            let _ = self.notices.send(Notice::Dropped { endpoint, seq });
-                        }
-                    }
-                }
                 Cmd::Written { id, ok, then } => self.written(id, ok, then).await,
                 Cmd::Flush(reply) => {
                     let upto = self.next_write;
