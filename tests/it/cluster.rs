@@ -56,6 +56,31 @@ fn settled(nodes: &[Gateway]) {
     );
 }
 
+/// For a failure message: which of `want` never reached `ep`, and what each node says
+/// of its endpoints and partitions.
+fn missing(ep: &Endpoint, want: &HashSet<u64>, nodes: &[Gateway]) -> String {
+    let got: HashSet<u64> = ep.delivered().iter().map(|b| op_of(b)).collect();
+    let mut lost: Vec<u64> = want.difference(&got).copied().collect();
+    lost.sort_unstable();
+    let mut out = format!("{} of {} not delivered: {lost:?}\n", lost.len(), want.len());
+    for (i, g) in nodes.iter().enumerate() {
+        let (_, endpoints) = g.admin_get("/admin/endpoints");
+        let gauges: Vec<String> = [
+            "cbgate_store_partitions_owned",
+            "cbgate_store_held_deliveries",
+            "cbgate_store_unsaved_cursors",
+        ]
+        .iter()
+        .map(|m| format!("{m} {}", g.metric(m, &[])))
+        .collect();
+        out.push_str(&format!(
+            "gateway {i}: {endpoints}\n  {}\n",
+            gauges.join(", ")
+        ));
+    }
+    out
+}
+
 fn logs(nodes: &[Gateway]) -> String {
     nodes
         .iter()
@@ -384,7 +409,8 @@ fn a_nats_node_killed_mid_load_loses_no_accepted_callback() {
     assert_eq!(accepted.lock().unwrap().len(), want.len());
     assert!(
         all.wait_delivered(want.len(), PATIENCE),
-        "{}\n{}",
+        "{}\n{}\n{}",
+        missing(&all, &want, &nodes),
         logs(&nodes),
         nats.logs()
     );
